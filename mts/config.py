@@ -76,8 +76,8 @@ class GSNRConfig:
     """How often and how precisely the meta-gradient GSNR is measured."""
 
     enabled: bool = True
-    every_epochs: int = 1  # measure at the end of every n-th epoch
-    draws: int = 16  # K independent (pool batch, meta batch) pairs per measurement
+    every_epochs: int = 10  # measure at the end of every n-th epoch and of the last one
+    draws: int = 8  # K independent (pool batch, meta batch) pairs per measurement
     per_sample_batch: int = 128  # pool samples for the per-sample (vmap) estimate
 
 

@@ -1,0 +1,1 @@
+"""Orchestration of MTS sweeps: Hydra configs, the Ray Tune trainable, the launcher and the CLI."""
