@@ -24,10 +24,10 @@ class TaskConfig:
     seed: int = 0  # seed of the data generation; the same seed gives byte-identical arrays
     cache_dir: Optional[str] = None  # where built tasks are cached; None: $MTSWEEP_CACHE or ~/.cache/mtsweep
     path: Optional[str] = None  # the .npz or .parquet file of the `file` task
-    pool_size: int = 4000  # synthetic pool samples
+    pool_size: int = 6000  # synthetic pool samples
     meta_size: int = 100  # real meta samples (the meta-gradient only)
     val_size: int = 500  # real validation samples (selection and sweep objective)
-    test_size: int = 1000  # real test samples (reported only)
+    test_size: int = 800  # real test samples (reported only)
     seed_size: int = 300  # digits_synth: real samples that fit the generators, kept apart
     # Pool mixture: generator name -> fraction of the pool; empty means the task's default mixture.
     mixture: dict[str, float] = dataclasses.field(default_factory=dict)
