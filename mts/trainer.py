@@ -149,7 +149,7 @@ class Trainer:
         loss = (weights.p.detach() * losses).sum()
         if not torch.isfinite(loss):
             raise DivergenceError(
-                f"training loss became {float(loss)} at epoch {self.epoch + 1}, step {self.steps + 1}; "
+                f"training loss became {float(loss.detach())} at epoch {self.epoch + 1}, step {self.steps + 1}; "
                 "lower train.lr or mts.lr",
                 epoch=self.epoch + 1,
                 step=self.steps + 1,

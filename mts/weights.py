@@ -4,8 +4,8 @@ The weighted loss of a batch is `sum_i p_i l_i` with `p_i = w_i / S` and `S = su
 Normalizing per batch keeps the effective learning rate independent of the meta-network's overall
 scale. The sum is floored at `eps * N` so that a batch of near-zero weights cannot divide by zero
 or blow the step up; the floor hits are counted. The effective batch size
-`B_eff = 1 / sum_i p_i^2` falls when a few samples take most of the weight, which is the mechanism
-behind a poor meta-gradient GSNR.
+`B_eff = 1 / sum_i p_i^2` (for weights summing to one) falls when a few samples take most of the
+weight, which is the mechanism behind a poor meta-gradient GSNR.
 """
 
 from __future__ import annotations
@@ -24,9 +24,14 @@ def normalize_weights(raw: torch.Tensor, eps: float) -> tuple[torch.Tensor, bool
 
 
 def effective_batch_size(p: torch.Tensor) -> float:
-    """Return `1 / sum p_i^2`, or 0 when every weight is zero."""
-    square_sum = float((p.detach() ** 2).sum())
-    return 1.0 / square_sum if square_sum > 0 else 0.0
+    """Return Kish's effective sample size `(sum p_i)^2 / sum p_i^2`, or 0 when every weight is zero.
+
+    It equals `1 / sum p_i^2` for weights that sum to one, and stays within [1, N] when the floor
+    is hit and the normalized weights sum to less than one.
+    """
+    p = p.detach().double()
+    square_sum = float((p**2).sum())
+    return float(p.sum()) ** 2 / square_sum if square_sum > 0 else 0.0
 
 
 @dataclasses.dataclass

@@ -1,0 +1,79 @@
+"""`mtsweep run`: one-line errors for bad input, and a short real run that writes its outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from sweep.cli import main
+
+TINY = [
+    "task.pool_size=300", "task.meta_size=30", "task.val_size=60", "task.test_size=60",
+    "train.epochs=2", "train.threads=1", "pool.batch_size=64", "mts.meta_batch_size=16",
+    "gsnr.draws=3", "gsnr.per_sample_batch=16",
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["foo=1"], "unknown config key 'foo' (value '1')"),
+        (["mts.lrr=0.1"], "did you mean mts.lr?"),
+        (["method=fancy"], "method='fancy' is not a known method; allowed: l2rw, mts, mwnet, oracle, uniform"),
+        (["task=imagenet"], "task='imagenet' is not a known task; allowed:"),
+        (["pool.batch_size=5000"], "pool.batch_size=5000 is larger than the pool (task.pool_size=4000)"),
+        (["train.lr=-0.01"], "train.lr=-0.01 must be > 0"),
+        (["train.lr=fast"], "train.lr=fast: Value 'fast' of type 'str' could not be converted to Float"),
+        (["mts.features=[loss,magic]"], "mts.features contains unknown group 'magic'"),
+    ],
+)
+def test_bad_input_gives_one_line(capsys, overrides, expected):
+    code = main(["run", *overrides])
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("mtsweep run: error: ")
+    assert expected in lines[0]
+    assert captured.out == ""
+
+
+def test_every_problem_listed_at_once(capsys):
+    code = main(["run", "train.lr=-1", "mts.lr=0", "train.epochs=0"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(lines) == 3
+    assert any("train.epochs=0" in line for line in lines)
+
+
+def test_cli_process_exits_2_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "sweep.cli", "run", "pool.batch_size=0"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "pool.batch_size=0 must be an integer >= 2" in result.stderr
+
+
+def test_run_writes_config_and_reports(tmp_path, capsys):
+    output = tmp_path / "run"
+    code = main(["run", *TINY, "baseline=true", f"output_dir={output}"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    config = yaml.safe_load((output / "config.yaml").read_text())
+    assert config["method"] == "mts"
+    assert config["pool"]["batch_size"] == 64
+    reports = [json.loads(line) for line in (output / "reports.jsonl").read_text().splitlines()]
+    assert [report["epoch"] for report in reports] == [1, 2]
+    assert reports[0]["val_gain"] is not None
+    baseline = [json.loads(line) for line in (output / "baseline_reports.jsonl").read_text().splitlines()]
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert summary["test_gain"] == pytest.approx(reports[-1]["best_test_acc"] - baseline[-1]["best_test_acc"])
+    assert sum(line.startswith("epoch ") for line in out.splitlines()) == 4
+    assert "test_gain=" in out.splitlines()[-1]
