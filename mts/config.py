@@ -14,6 +14,7 @@ METHODS = ("uniform", "mwnet", "l2rw", "oracle", "mts")
 MODELS = ("mlp", "cnn")
 META_GRADIENTS = ("exact", "finite_difference")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+POSITION_REPRESENTATIONS = ("warmup", "raw", "embeddings")
 
 
 @dataclasses.dataclass
@@ -58,7 +59,7 @@ class MTSConfig:
     features: list[str] = dataclasses.field(default_factory=lambda: ["loss", "class"])  # feature groups
     hidden: list[int] = dataclasses.field(default_factory=lambda: [100, 100])  # meta-network hidden widths
     embedding_dim: int = 8  # width of the learned class and source embeddings
-    lr: float = 1e-3  # meta learning rate beta (Adam on phi)
+    lr: float = 3e-3  # meta learning rate beta (AdamW on phi)
     weight_decay: float = 0.0  # AdamW weight decay on phi
     virtual_lr: float = 0.1  # fixed virtual step size alpha, independent of the lr schedule
     meta_batch_size: int = 100  # real meta samples per meta-gradient
@@ -69,6 +70,11 @@ class MTSConfig:
     warmup_epochs: int = 0  # epochs of uniform weights before the meta-network acts
     eps: float = 1e-4  # the weight sum is floored at eps * N
     init_bias: float = 0.0  # initial output bias of the meta-network; sigmoid(0) = 0.5
+    # Representation of the `position` group: warmup (penultimate layer of the warm-up classifier),
+    # raw (the inputs) or embeddings (the task's own, e.g. from a file task).
+    position_representation: str = "warmup"
+    position_k: int = 10  # neighbours of the kNN and top-k columns of position and online_position
+    feature_warmup_epochs: int = 5  # epochs of the unweighted warm-up classifier behind offline groups
 
 
 @dataclasses.dataclass
@@ -78,16 +84,16 @@ class GSNRConfig:
     enabled: bool = True
     every_epochs: int = 10  # measure at the end of every n-th epoch and of the last one
     draws: int = 8  # K independent (pool batch, meta batch) pairs per measurement
-    per_sample_batch: int = 128  # pool samples for the per-sample (vmap) estimate
+    per_sample_batch: int = 512  # pool samples for the per-sample (vmap) estimate; resolves GSNR down to ~1/n
 
 
 @dataclasses.dataclass
 class TrainConfig:
     """The classifier's optimizer and schedule."""
 
-    epochs: int = 30
+    epochs: int = 60  # passes over the pool
     optimizer: str = "adam"  # adam | adamw | sgd
-    lr: float = 1e-3  # classifier learning rate
+    lr: float = 3e-3  # classifier learning rate
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
     eval_batch_size: int = 2048  # batch size for val/test evaluation, no effect on results
