@@ -20,7 +20,7 @@ from torch import nn
 from mts.bilevel import BilevelStep, MetaBatch, PoolBatch, l2rw_weights
 from mts.config import RunConfig
 from mts.errors import ConfigError
-from mts.features import FeatureBatch, Featurizer
+from mts.features import FeatureBatch, FeatureContext, Featurizer
 from mts.functional import flatten
 from mts.metanet import MetaNetwork
 from mts.tasks.base import Task
@@ -63,6 +63,14 @@ class Method:
     def pool_indices(self, task: Task) -> np.ndarray:
         """Return the pool positions this method may train on."""
         return np.arange(len(task.pool))
+
+    def prepare(self, task: Task) -> None:
+        """Do the per-task work needed before training (offline features); most methods need none."""
+        del task
+
+    def observe(self, batch: FeatureBatch) -> None:
+        """See a training step's forward pass, after its weights are chosen (tracked features)."""
+        del batch
 
     def weights(self, step: StepInput) -> StepWeights:
         count = step.losses.shape[0]
@@ -142,35 +150,46 @@ class MTSMethod(Method):
     def feature_names(config: RunConfig) -> list[str]:
         return list(config.mts.features)
 
+    def prepare(self, task: Task) -> None:
+        # The context carries no quality tags, so no feature group can read them.
+        self.featurizer.prepare(FeatureContext.from_task(task, self.config))
+
+    def observe(self, batch: FeatureBatch) -> None:
+        self.featurizer.observe(batch)
+
     def weights(self, step: StepInput) -> StepWeights:
         count = step.losses.shape[0]
         if step.epoch < self.config.mts.warmup_epochs:
             raw = torch.ones(count)
             return StepWeights(raw=raw, p=raw / count)
 
-        meta_loss = None
-        if step.step % self.config.mts.interval == 0:
-            meta_loss = self._update_meta_network(step)
-
-        batch = self.pool_batch(step.batch)
+        update = step.step % self.config.mts.interval == 0
+        meta = step.draw_meta() if update or self.featurizer.needs_meta_embeddings else None
+        # Features depend on the batch, the meta embeddings and the tracked buffers, none of which the
+        # meta update changes, so one computation serves the meta-gradient and the weights.
+        batch = self.pool_batch(step.batch, meta)
+        meta_loss = self._update_meta_network(step, batch, meta) if update else None
         with torch.no_grad():
             raw, p, floor_hit = self.bilevel.normalized_weights(batch)
         return StepWeights(raw=raw, p=p, floor_hit=floor_hit, meta_loss=meta_loss)
 
-    def _update_meta_network(self, step: StepInput) -> float:
-        meta = step.draw_meta()
+    def _update_meta_network(self, step: StepInput, batch: PoolBatch, meta: MetaBatch) -> float:
         if self.config.mts.separate_batch:
-            grads, meta_loss = self.bilevel.meta_gradient(self.pool_batch(step.draw_pool()), meta)
+            grads, meta_loss = self.bilevel.meta_gradient(self.pool_batch(step.draw_pool(), meta), meta)
         else:
-            grads, meta_loss = self.bilevel.meta_gradient(self.pool_batch(step.batch), meta, losses=step.losses)
+            grads, meta_loss = self.bilevel.meta_gradient(batch, meta, losses=step.losses)
         for parameter, gradient in zip(self.metanet.parameters(), grads):
             parameter.grad = gradient.detach()
         self.meta_optimizer.step()
         self.meta_optimizer.zero_grad(set_to_none=True)
         return meta_loss
 
-    def pool_batch(self, batch: FeatureBatch) -> PoolBatch:
-        """Attach the meta-network features to a pool batch."""
+    def pool_batch(self, batch: FeatureBatch, meta: MetaBatch | None = None) -> PoolBatch:
+        """Attach the meta-network features to a pool batch; `meta` is needed by online_position."""
+        if self.featurizer.needs_meta_embeddings:
+            if meta is None:
+                raise ValueError(f"feature groups {self.featurizer.names} need a meta batch, but none was given")
+            batch = dataclasses.replace(batch, meta_embeddings=self._embed(meta.x))
         return PoolBatch(
             index=batch.index,
             x=batch.x,
@@ -179,19 +198,33 @@ class MTSMethod(Method):
             features=self.featurizer.compute(batch).detach(),
         )
 
+    @torch.no_grad()
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the classifier's penultimate layer for `x`, in eval mode so BatchNorm statistics stay put."""
+        was_training = self.model.training
+        self.model.eval()
+        embeddings = self.model.features(x)
+        self.model.train(was_training)
+        return embeddings
+
     def meta_gradient_sample(self, batch: FeatureBatch, meta: MetaBatch) -> torch.Tensor:
-        grads, _ = self.bilevel.meta_gradient(self.pool_batch(batch), meta)
+        grads, _ = self.bilevel.meta_gradient(self.pool_batch(batch, meta), meta)
         return flatten(grads).detach()
 
     def per_sample_meta_gradients(self, batch: FeatureBatch, meta: MetaBatch) -> torch.Tensor:
-        return self.bilevel.per_sample_meta_gradients(self.pool_batch(batch), meta).detach()
+        return self.bilevel.per_sample_meta_gradients(self.pool_batch(batch, meta), meta).detach()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"metanet": self.metanet.state_dict(), "meta_optimizer": self.meta_optimizer.state_dict()}
+        return {
+            "metanet": self.metanet.state_dict(),
+            "meta_optimizer": self.meta_optimizer.state_dict(),
+            "features": self.featurizer.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.metanet.load_state_dict(state["metanet"])
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        self.featurizer.load_state_dict(state.get("features", {}))
 
 
 class MWNetMethod(MTSMethod):

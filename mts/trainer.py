@@ -86,6 +86,8 @@ class Trainer:
         problems = task_problems(config, task, len(self.trainable))
         if problems:
             raise ConfigError("; ".join(problems))
+        # After validation, because offline feature groups may train a warm-up classifier here.
+        self.method.prepare(task)
 
         self.optimizer = _build_optimizer(config, self.model)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -135,10 +137,12 @@ class Trainer:
         return list(torch.tensor_split(order, count))
 
     def _train_step(self, index: torch.Tensor) -> tuple[float, Any]:
-        logits = self.model(self.pool.x[index])
+        # The same operations as model(x), split so that feature groups can read the penultimate layer.
+        hidden = self.model.features(self.pool.x[index])
+        logits = self.model.head(hidden)
         losses = F.cross_entropy(logits, self.pool.y[index], reduction="none")
         step = StepInput(
-            batch=self._feature_batch(index, logits.detach(), losses.detach()),
+            batch=self._feature_batch(index, logits.detach(), losses.detach(), hidden.detach()),
             losses=losses,
             epoch=self.epoch,
             step=self.steps,
@@ -146,6 +150,7 @@ class Trainer:
             draw_pool=self._draw_pool,
         )
         weights = self.method.weights(step)
+        self.method.observe(step.batch)
         loss = (weights.p.detach() * losses).sum()
         if not torch.isfinite(loss):
             raise DivergenceError(
@@ -160,10 +165,12 @@ class Trainer:
         self.steps += 1
         return float(loss.detach()), weights
 
-    def _feature_batch(self, index: torch.Tensor, logits: torch.Tensor, losses: torch.Tensor) -> FeatureBatch:
+    def _feature_batch(
+        self, index: torch.Tensor, logits: torch.Tensor, losses: torch.Tensor, hidden: torch.Tensor
+    ) -> FeatureBatch:
         return FeatureBatch(
             index=index, x=self.pool.x[index], y=self.pool.y[index], source=self.pool.source[index],
-            logits=logits, losses=losses,
+            logits=logits, losses=losses, embeddings=hidden,
         )
 
     def _draw_meta(self) -> MetaBatch:
@@ -176,9 +183,10 @@ class Trainer:
         size = min(size or self.config.pool.batch_size, len(self.trainable))
         index = self.trainable[torch.randperm(len(self.trainable), generator=self.generator)[:size]]
         with torch.no_grad():
-            logits = self.model(self.pool.x[index])
+            hidden = self.model.features(self.pool.x[index])
+            logits = self.model.head(hidden)
         losses = F.cross_entropy(logits, self.pool.y[index], reduction="none")
-        return self._feature_batch(index, logits, losses)
+        return self._feature_batch(index, logits, losses, hidden)
 
     # GSNR --------------------------------------------------------------------------------------
 

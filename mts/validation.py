@@ -6,8 +6,9 @@ problem at once. A line names the key, the value received and what is allowed.
 
 from __future__ import annotations
 
-from mts.config import META_GRADIENTS, METHODS, MODELS, OPTIMIZERS, RunConfig
+from mts.config import META_GRADIENTS, METHODS, MODELS, OPTIMIZERS, POSITION_REPRESENTATIONS, RunConfig
 from mts.features import check_feature_names
+from mts.features.position import embedding_problem
 from mts.tasks.base import Task
 
 
@@ -21,6 +22,7 @@ def config_problems(config: RunConfig) -> list[str]:
     problems += _choice("model.name", config.model.name, MODELS)
     problems += _choice("train.optimizer", config.train.optimizer, OPTIMIZERS)
     problems += _choice("mts.gradient", config.mts.gradient, META_GRADIENTS)
+    problems += _choice("mts.position_representation", config.mts.position_representation, POSITION_REPRESENTATIONS)
 
     for key, value in (
         ("train.lr", config.train.lr),
@@ -44,6 +46,8 @@ def config_problems(config: RunConfig) -> list[str]:
         ("mts.meta_batch_size", config.mts.meta_batch_size, 1),
         ("mts.interval", config.mts.interval, 1),
         ("mts.embedding_dim", config.mts.embedding_dim, 1),
+        ("mts.position_k", config.mts.position_k, 1),
+        ("mts.feature_warmup_epochs", config.mts.feature_warmup_epochs, 1),
         ("gsnr.draws", config.gsnr.draws, 2),
         ("gsnr.every_epochs", config.gsnr.every_epochs, 1),
         ("gsnr.per_sample_batch", config.gsnr.per_sample_batch, 2),
@@ -77,7 +81,14 @@ def task_problems(config: RunConfig, task: Task, trainable_pool_size: int) -> li
             f"mts.meta_batch_size={config.mts.meta_batch_size} is larger than the meta set "
             f"({len(task.meta)} samples); allowed: 1 to {len(task.meta)}"
         )
+    if _uses_task_embeddings(config):
+        problem = embedding_problem(task.embeddings, len(task.pool), len(task.meta))
+        problems += [problem] if problem else []
     return problems
+
+
+def _uses_task_embeddings(config: RunConfig) -> bool:
+    return config.method == "mts" and "position" in config.mts.features and config.mts.position_representation == "embeddings"
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> list[str]:

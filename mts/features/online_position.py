@@ -1,0 +1,52 @@
+"""The `online_position` group: how close each pool sample is to the current real meta batch.
+
+Two online columns from the classifier's penultimate layer at the current parameters: the mean of
+the top-k cosines to the meta batch's embeddings, and the cosine to the meta batch's centroid.
+Unlike `position`, it follows the representation as the classifier learns, at the cost of one
+extra forward pass of the meta batch per step.
+
+NOTE: with `model.batch_norm`, the pool embeddings come from the training-mode forward pass and
+the meta embeddings from an eval-mode pass (so that BatchNorm statistics stay put), so their
+scales can differ. Only models without BatchNorm have been run with this group.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from mts.features.base import FeatureBatch, FeatureContext, FeatureGroup, register, standardize_within_batch
+from mts.features.position import unit_rows
+
+logger = logging.getLogger(__name__)
+
+
+def meta_cosine_columns(embeddings: torch.Tensor, meta_embeddings: torch.Tensor, k: int) -> torch.Tensor:
+    """Return the (N, 2) columns mean top-k cosine to the meta embeddings and cosine to their centroid."""
+    unit_pool = unit_rows(embeddings.float())
+    similarity = unit_pool @ unit_rows(meta_embeddings.float()).T  # (N, M)
+    top_k = similarity.topk(min(k, similarity.shape[1]), dim=1).values.mean(dim=1)
+    centroid = unit_rows(meta_embeddings.float().mean(dim=0, keepdim=True))
+    return torch.stack([top_k, (unit_pool @ centroid.T).squeeze(1)], dim=1)
+
+
+@register
+class OnlinePositionFeature(FeatureGroup):
+    """Cosine of the penultimate-layer embedding to the current meta batch."""
+
+    name = "online_position"
+    kind = "online"
+    width = 2
+    needs_meta_embeddings = True
+
+    def __init__(self) -> None:
+        self.k = 10
+
+    def prepare(self, context: FeatureContext) -> None:
+        self.k = context.config.mts.position_k
+
+    def compute(self, batch: FeatureBatch) -> torch.Tensor:
+        if batch.embeddings is None or batch.meta_embeddings is None:
+            raise RuntimeError("online_position needs the pool and meta embeddings of the batch; the method did not set them")
+        return standardize_within_batch(meta_cosine_columns(batch.embeddings, batch.meta_embeddings, self.k))
