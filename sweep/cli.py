@@ -2,6 +2,9 @@
 
     mtsweep run task=mnist1d_shift method=mts       # one training run, no Ray
     mtsweep run method=mts baseline=true             # also train `uniform` and report the gain
+    mtsweep launch search_space=smoke                # a sweep of MTS trials on Ray
+    mtsweep resume experiments/20260101-120000-smoke # continue an interrupted sweep
+    mtsweep status experiments/20260101-120000-smoke # trials by status
 
 Every subcommand takes Hydra overrides (`key=value`). Invalid input is reported in one line per
 problem, naming the key, the value and what is allowed, with exit code 2 and no traceback.
@@ -12,9 +15,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from mts.errors import MtsError
+
+if TYPE_CHECKING:
+    from sweep.launcher import SweepSummary
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +33,57 @@ def _run(args: argparse.Namespace) -> int:
     return run_command(args.overrides, sys.stdout)
 
 
+def _launch(args: argparse.Namespace) -> int:
+    from sweep.launch_config import load_launch_config
+    from sweep.launcher import create_experiment, run_sweep
+
+    config, space = load_launch_config(args.overrides)
+    experiment = create_experiment(config, space)
+    print(f"experiment folder: {experiment.path}", flush=True)
+    return _report(run_sweep(experiment))
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from sweep.launcher import open_experiment, run_sweep
+
+    experiment = open_experiment(args.experiment)
+    print(f"experiment folder: {experiment.path}", flush=True)
+    return _report(run_sweep(experiment, resume=True))
+
+
+def _report(summary: SweepSummary) -> int:
+    """Print the trial counts; return 1 with a resume hint when the sweep stopped early (Ctrl-C)."""
+    from sweep.launcher import print_summary
+
+    print_summary(summary)
+    if summary.unfinished:
+        print(f"the sweep stopped before all trials ended; continue it with: mtsweep resume {summary.path}")
+        return 1
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from sweep.launcher import open_experiment, print_summary, sweep_summary
+
+    print_summary(sweep_summary(open_experiment(args.experiment)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtsweep", description="Sweeps for Meta-learning for Training-data Selection.")
     subcommands = parser.add_subparsers(dest="command", required=True)
     run = subcommands.add_parser("run", help="train one method on one task, without Ray")
     run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=mts pool.batch_size=512")
     run.set_defaults(handler=_run)
+    launch = subcommands.add_parser("launch", help="run a sweep of MTS trials on Ray (embedded by default)")
+    launch.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. search_space=smoke sweep.num_samples=8")
+    launch.set_defaults(handler=_launch)
+    resume = subcommands.add_parser("resume", help="continue an interrupted sweep up to its num_samples trials")
+    resume.add_argument("experiment", help="the experiment folder that `mtsweep launch` printed")
+    resume.set_defaults(handler=_resume)
+    status = subcommands.add_parser("status", help="count an experiment's trials by status")
+    status.add_argument("experiment", help="the experiment folder that `mtsweep launch` printed")
+    status.set_defaults(handler=_status)
     return parser
 
 

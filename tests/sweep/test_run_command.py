@@ -25,7 +25,7 @@ TINY = [
         (["mts.lrr=0.1"], "did you mean mts.lr?"),
         (["method=fancy"], "method='fancy' is not a known method; allowed: l2rw, mts, mwnet, oracle, uniform"),
         (["task=imagenet"], "task='imagenet' is not a known task; allowed:"),
-        (["pool.batch_size=5000"], "pool.batch_size=5000 is larger than the pool (task.pool_size=4000)"),
+        (["pool.batch_size=50000"], "pool.batch_size=50000 is larger than the pool (task.pool_size=6000)"),
         (["train.lr=-0.01"], "train.lr=-0.01 must be > 0"),
         (["train.lr=fast"], "train.lr=fast: Value 'fast' of type 'str' could not be converted to Float"),
         (["mts.features=[loss,magic]"], "mts.features contains unknown group 'magic'"),

@@ -1,0 +1,91 @@
+"""The live trial table that `mtsweep launch` prints while a sweep runs.
+
+A Tune callback on the driver keeps the latest result of every trial and prints a table of all
+trials at most every `interval_s` seconds, and once more when the sweep ends. It writes to the
+current `sys.stdout` at print time instead of holding a stream, because Ray Tune pickles its
+callbacks with the experiment so that `mtsweep resume` can restore them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from typing import Any
+
+from ray.tune import Callback
+
+logger = logging.getLogger(__name__)
+
+
+def trial_status(tune_status: str, last_result: dict[str, Any] | None) -> str:
+    """Return a trial's sweep status from its Tune status and last result."""
+    if tune_status == "ERROR":
+        return "errored"
+    if tune_status != "TERMINATED":
+        return tune_status.lower()
+    result = last_result or {}
+    if "epoch" not in result:
+        return "stopped"  # ended before its first report, e.g. by Ctrl-C
+    if result.get("diverged"):
+        return "diverged"
+    epoch, epochs = result.get("epoch"), result.get("epochs")
+    if epoch is not None and epochs is not None and epoch < epochs:
+        return "pruned"
+    return "finished"
+
+
+class TrialTable(Callback):
+    """Print a table of every trial's status, params and latest metrics."""
+
+    def __init__(self, params: list[str], metric: str, interval_s: float) -> None:
+        self.params = params
+        self.metric = metric
+        self.interval_s = interval_s
+        self._last_print = 0.0
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if time.monotonic() - self._last_print >= self.interval_s:
+            self.print_table(trials)
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self.print_table(trials)
+
+    def print_table(self, trials: list[Any]) -> None:
+        self._last_print = time.monotonic()
+        if trials:
+            print(format_table(trials, self.params, self.metric), file=sys.stdout, flush=True)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_last_print"] = 0.0
+        return state
+
+
+def format_table(trials: list[Any], params: list[str], metric: str) -> str:
+    """Return the trial table as aligned text, with a count of trials per status above it."""
+    header = ["trial", "status", *params, "epoch", metric, "gsnr"]
+    rows = []
+    counts: dict[str, int] = {}
+    for trial in trials:
+        result = trial.last_result or {}
+        status = trial_status(trial.status, result)
+        counts[status] = counts.get(status, 0) + 1
+        epoch = f"{result.get('epoch', '-')}/{result.get('epochs', '-')}" if result else "-"
+        rows.append([trial.trial_id, status, *(_cell(trial.config.get(p)) for p in params), epoch, _cell(result.get(metric)), _cell(result.get("gsnr"))])
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = [", ".join(f"{count} {status}" for status, count in sorted(counts.items()))]
+    for row in [header, *rows]:
+        lines.append("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, list):
+        return "+".join(str(item) for item in value)
+    return str(value)

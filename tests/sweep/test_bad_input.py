@@ -1,0 +1,92 @@
+"""Bad launch overrides and search spaces fail before Ray starts, with one line per problem."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sweep.launcher
+from sweep.cli import main
+
+
+@pytest.fixture()
+def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the launcher gets as far as creating a folder or starting Ray."""
+
+    def reached(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the launcher went past validation")
+
+    monkeypatch.setattr(sweep.launcher, "create_experiment", reached)
+    monkeypatch.setattr(sweep.launcher, "ray_session", reached)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["sweep.searcher=bayes"], "sweep.searcher='bayes' is not allowed; choose one of: tpe, random, grid, cmaes, nsga2"),
+        (["sweep.scheduler=hyperband"], "sweep.scheduler='hyperband' is not allowed; choose one of: none, asha"),
+        (["sweep.num_samples=0"], "sweep.num_samples=0 must be an integer >= 1"),
+        (["sweep.cpus_per_trial=0"], "sweep.cpus_per_trial=0.0 must be > 0"),
+        (["sweep.searcher=nsga2"], "sweep.searcher='nsga2' optimizes two objectives; set sweep.metric2"),
+        (["sweep.metric2=wall_time", "sweep.scheduler=asha"], "sweep.scheduler='asha' stops trials on one metric only"),
+        (["sweep.bogus=1"], "unknown config key 'sweep.bogus'"),
+        (["cluster=nowhere"], "cluster='nowhere' is not a known cluster; allowed: local, remote"),
+        (["cluster=remote"], "cluster=remote needs cluster.address, e.g. cluster.address=ray://head:10001"),
+        (["cluster.address=ray://head:10001"], "is set with cluster=local; use cluster=remote"),
+        (["storage.url=not-a-url"], "storage.url='not-a-url' is not an SQLAlchemy URL"),
+        (["mts.lr=-1"], "mts.lr=-1.0 must be > 0"),
+        (["search_space=nope"], "search_space='nope' is neither a bundled search space nor an existing .yaml file"),
+    ],
+)
+def test_bad_override_one_line(no_ray: None, capsys: pytest.CaptureFixture[str], overrides: list[str], expected: str) -> None:
+    arguments = overrides if any(o.startswith("search_space=") for o in overrides) else ["search_space=smoke", *overrides]
+    assert main(["launch", *arguments]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("mtsweep launch: error: ")
+    assert expected in lines[0]
+
+
+def test_space_drawing_invalid_trial(no_ray: None, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    space = tmp_path / "big.yaml"
+    space.write_text("params:\n  task.pool_size: 600\n  pool.batch_size: {choice: [64, 1024]}\n  mts.features: {choice: [[loss], [loss, confidence_x]]}\n")
+    assert main(["launch", f"search_space={space}"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert any("pool.batch_size=1024 is larger than the pool (task.pool_size=600)" in line for line in lines)
+    assert any("mts.features contains unknown group 'confidence_x'" in line for line in lines)
+
+
+def test_range_on_baseline_key_rejected(no_ray: None, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    space = tmp_path / "lr.yaml"
+    space.write_text("params:\n  train.lr: {float: [1.0e-4, 1.0e-2], log: true}\n")
+    assert main(["launch", f"search_space={space}"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr changes the uniform baseline, so it must be a choice or a fixed value" in err
+
+
+def test_cli_bad_space_exits_before_ray(tmp_path: Path) -> None:
+    space = tmp_path / "empty.yaml"
+    space.write_text("params:\n  pool.batch_size: {choice: []}\n")
+    root = tmp_path / "experiments"
+    command = [sys.executable, "-m", "sweep.cli", "launch", f"search_space={space}", f"sweep.root={root}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "mtsweep launch: error: search space 'empty': pool.batch_size choice list is empty or not a list ([]); give at least one value"
+    ]
+    assert not root.exists()
+
+
+def test_cmaes_needs_its_package(capsys: pytest.CaptureFixture[str], no_ray: None) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("cmaes") is None:
+        assert main(["launch", "search_space=smoke", "sweep.searcher=cmaes"]) == 2
+        assert "sweep.searcher='cmaes' needs the cmaes package" in capsys.readouterr().err
+    else:
+        with pytest.raises(AssertionError, match="went past validation"):
+            main(["launch", "search_space=smoke", "sweep.searcher=cmaes"])

@@ -1,0 +1,85 @@
+"""Failure policy: retried-then-errored trials, diverged trials and ASHA-pruned trials, with the
+other trials finishing and every outcome recorded in Ray Tune and in the Optuna study."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import yaml
+from fakes import FaultFactory, ScriptedFactory
+from sweep_results import load_study, read_results
+
+from sweep.launch_config import load_launch_config
+from sweep.launcher import create_experiment, run_sweep
+
+FAIL, PRUNED, COMPLETE = optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE
+SMALL = {
+    "task.pool_size": 600,
+    "task.val_size": 200,
+    "task.test_size": 200,
+    "mts.meta_batch_size": 50,
+    "gsnr.draws": 4,
+    "gsnr.per_sample_batch": 32,
+    "pool.batch_size": 64,
+}
+
+
+def _space_file(folder: Path, params: dict, sweep: dict) -> Path:
+    path = folder / "space.yaml"
+    path.write_text(yaml.safe_dump({"params": {**SMALL, **params}, "sweep": sweep}))
+    return path
+
+
+def test_errored_and_diverged_trials_recorded(ray_address: str, experiments: Path, tmp_path: Path) -> None:
+    space = _space_file(tmp_path, {"seed": {"choice": [0, 1, 2]}, "train.epochs": 3}, {"searcher": "grid", "num_samples": 3})
+    config, space = load_launch_config([f"search_space={space}", f"sweep.root={experiments}", "sweep.name=faults", "sweep.max_failures=1"])
+    log = tmp_path / "attempts.jsonl"
+    # Seed 0 raises after one epoch of every attempt; seed 1 gets NaN parameters after epoch 1.
+    summary = run_sweep(create_experiment(config, space), trainer_factory=FaultFactory(str(log), {0: "raise", 1: "nan"}))
+
+    assert summary.counts == {"errored": 1, "diverged": 1, "finished": 1}
+    attempts = [json.loads(line) for line in log.read_text().splitlines()]
+    starts = {seed: [a["start_epoch"] for a in attempts if a["seed"] == seed] for seed in (0, 1, 2)}
+    assert starts[0] == [0, 1]  # one retry (max_failures=1), resumed from the epoch-1 checkpoint
+    assert starts[1] == [0]  # diverged trials are not retried
+    assert starts[2] == [0]
+
+    path = experiments / "faults"
+    results = read_results(path)
+    by_seed = {rows[-1]["config"]["seed"]: rows for rows in results.values() if rows}
+    assert by_seed[1][-1]["diverged"] is True
+    assert by_seed[1][-1]["status"] == "diverged"
+    assert by_seed[1][-1]["epoch"] == 2
+    assert [row["epoch"] for row in by_seed[2]] == [1, 2, 3]
+
+    states = {trial.params["seed"]: (trial.state, trial.user_attrs["status"]) for trial in load_study(path, "faults").get_trials()}
+    assert states == {0: (FAIL, "errored"), 1: (FAIL, "diverged"), 2: (COMPLETE, "finished")}
+
+
+def test_asha_stopped_trials_pruned_in_study(ray_address: str, experiments: Path, tmp_path: Path) -> None:
+    params = {"mts.lr": {"float": [0.001, 0.1], "log": True}, "train.epochs": 4, "seed": 0}
+    space = _space_file(tmp_path, params, {"searcher": "random", "num_samples": 8})
+    overrides = [
+        f"search_space={space}", f"sweep.root={experiments}", "sweep.name=asha", "sweep.scheduler=asha",
+        "sweep.asha_reduction_factor=2", "sweep.max_concurrent_trials=2",
+    ]
+    config, space = load_launch_config(overrides)
+    # Scripted trials: val_acc = 0.5 + mts.lr * epoch, so ASHA compares trials by their mts.lr.
+    run_sweep(create_experiment(config, space), trainer_factory=ScriptedFactory(epoch_seconds=0.3))
+
+    path = experiments / "asha"
+    results = read_results(path)
+    assert len(results) == 8
+    stopped = {trial_id for trial_id, rows in results.items() if rows[-1]["epoch"] < 4}
+    assert stopped, "ASHA stopped no trial; the scripted metrics should make it stop some"
+    trials = {trial.user_attrs["tune_trial_id"]: trial for trial in load_study(path, "asha").get_trials()}
+    assert set(trials) == set(results)
+    for trial_id, trial in trials.items():
+        if trial_id in stopped:
+            assert trial.state == PRUNED, trial_id
+            assert trial.user_attrs["status"] == "pruned"
+        else:
+            assert trial.state == COMPLETE, trial_id
+    assert sum(trial.state == PRUNED for trial in trials.values()) == len(stopped)

@@ -1,0 +1,91 @@
+"""Kill the driver of a running sweep, then `mtsweep resume` it to exactly its num_samples trials."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from sweep_results import load_study, read_results
+
+from sweep.cli import main
+
+NUM_SAMPLES = 5
+COMPLETE = optuna.trial.TrialState.COMPLETE
+
+
+def _complete_count(path: Path) -> int:
+    """Count COMPLETE trials with a read-only query, which cannot race the driver creating the schema."""
+    database = path / "sweep.db"
+    if not database.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as connection:
+            return connection.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.OperationalError:  # the driver has not created the tables yet
+        return 0
+
+
+def _complete_trials(path: Path) -> list[optuna.trial.FrozenTrial]:
+    return load_study(path, "resumed").get_trials(states=(COMPLETE,))
+
+
+def _launch_and_kill(root: Path, ray_address: str) -> Path:
+    """Start `mtsweep launch` as a driver process and SIGKILL it once two trials have finished."""
+    command = [
+        sys.executable, "-m", "sweep.cli", "launch", "search_space=smoke", f"sweep.root={root}", "sweep.name=resumed",
+        f"sweep.num_samples={NUM_SAMPLES}", "sweep.max_concurrent_trials=2", "cluster=remote", f"cluster.address={ray_address}",
+    ]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    path = root / "resumed"
+    deadline = time.monotonic() + 240
+    try:
+        while _complete_count(path) < 2:
+            assert driver.poll() is None, f"the driver exited early with code {driver.returncode}"
+            assert time.monotonic() < deadline, "no two trials finished within 240 s"
+            time.sleep(0.5)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    return path
+
+
+def test_resume_after_killed_driver(ray_address: str, experiments: Path) -> None:
+    from ray.tune import ExperimentAnalysis
+
+    path = _launch_and_kill(experiments, ray_address)
+    finished_before = {trial.user_attrs["tune_trial_id"]: trial for trial in _complete_trials(path)}
+    results_before = read_results(path)
+    assert len(finished_before) < NUM_SAMPLES
+    time.sleep(3)  # Ray ends the killed driver's trial actors
+
+    assert main(["resume", str(path)]) == 0
+
+    tune_trials = ExperimentAnalysis(str(path / "tune")).trials
+    assert len(tune_trials) == NUM_SAMPLES
+    assert all(trial.status == "TERMINATED" for trial in tune_trials)
+    tune_ids = {trial.trial_id for trial in tune_trials}
+
+    study = load_study(path, "resumed")
+    counted = [trial for trial in study.get_trials() if trial.user_attrs.get("status") != "orphaned"]
+    assert len(counted) == NUM_SAMPLES
+    assert {trial.user_attrs["tune_trial_id"] for trial in counted} == tune_ids
+    assert all(trial.state == COMPLETE for trial in counted)
+    numbers = sorted(trial.number for trial in study.get_trials())
+    assert numbers == list(range(len(numbers)))  # one study, continued
+
+    results_after = read_results(path)
+    for trial_id, before in finished_before.items():
+        assert trial_id in tune_ids
+        after = study.get_trials()[before.number]
+        assert after.value == pytest.approx(before.value)
+        rows = results_after[trial_id]
+        assert [row["epoch"] for row in rows] == [1, 2, 3]  # not rerun: no repeated epochs
+        assert rows[0]["trial_started_at"] == results_before[trial_id][0]["trial_started_at"]
