@@ -18,7 +18,6 @@ from mts.config import (
 )
 from mts.errors import ConfigError, DivergenceError, MtsError, TaskError
 from mts.reports import EpochReport, Reference
-from mts.trainer import Trainer
 
 __all__ = [
     "ConfigError",
@@ -36,3 +35,13 @@ __all__ = [
     "TrainConfig",
     "Trainer",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The trainer imports torch, which takes seconds; commands that only read a sweep's database
+    # (mtsweep best, status) import `mts` for its config and errors and should not pay for it.
+    if name == "Trainer":
+        from mts.trainer import Trainer
+
+        return Trainer
+    raise AttributeError(f"module 'mts' has no attribute {name!r}")

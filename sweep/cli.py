@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = subcommands.add_parser("status", help="count an experiment's trials by status")
     status.add_argument("experiment", help="the experiment folder that `mtsweep launch` printed")
     status.set_defaults(handler=_status)
+
+    from sweep.analysis.cli import add_subcommands
+
+    add_subcommands(subcommands)
     return parser
 
 

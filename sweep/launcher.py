@@ -287,11 +287,13 @@ def _tune_config(experiment: Experiment) -> Any:
 def _run_config(experiment: Experiment, callbacks: tuple[Any, ...]) -> Any:
     from ray import tune
 
+    from sweep.analysis.callback import AnalysisCallback
     from sweep.progress import TrialTable
 
     sweep = experiment.config.sweep
     table = TrialTable([param.path for param in experiment.space.searched], sweep.metric, sweep.progress_interval_s)
-    extra = [factory(experiment) for factory in _CALLBACK_FACTORIES]
+    # The analysis store's writer is part of every sweep: it fills the store and the TensorBoard logs.
+    extra = [AnalysisCallback.from_experiment(experiment), *(factory(experiment) for factory in _CALLBACK_FACTORIES)]
     return tune.RunConfig(
         name=TUNE_FOLDER,
         storage_path=str(experiment.path.resolve()),
