@@ -71,7 +71,11 @@ def balanced_labels(n: int, num_classes: int, rng: np.random.Generator) -> np.nd
 
 def partition(n: int, sizes: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Split a random permutation of range(n) into disjoint index sets of the given sizes."""
-    order = rng.permutation(n)
+    return split_order(rng.permutation(n), sizes)
+
+
+def split_order(order: np.ndarray, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    """Cut consecutive runs of `order` into disjoint, sorted index sets of the given sizes."""
     parts = {}
     start = 0
     for name, size in sizes.items():

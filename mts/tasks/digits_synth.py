@@ -254,9 +254,4 @@ def _stratified_partition(
         "val": config.val_size,
         "test": config.test_size,
     }
-    parts = {}
-    start = 0
-    for name, size in sizes.items():
-        parts[name] = np.sort(order[start : start + size])
-        start += size
-    return parts
+    return _sampling.split_order(order, sizes)
