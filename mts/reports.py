@@ -46,6 +46,7 @@ class EpochReport:
     wall_time: float  # seconds of training so far, across resumes
     val_gain: Optional[float] = None  # val_acc minus the uniform reference
     test_gain: Optional[float] = None  # best_test_acc minus the uniform reference
+    gsnr_epoch: int = 0  # the epoch the GSNR fields were measured at; 0 before the first measurement
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

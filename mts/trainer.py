@@ -98,7 +98,9 @@ class Trainer:
         self.best_val_acc = -1.0
         self.best_test_acc = float("nan")
         self.best_model_state = copy.deepcopy(self.model.state_dict())
-        self.last_gsnr = {"gsnr": math.nan, "gsnr_pooled": math.nan, "gsnr_per_sample": math.nan, "noise_scale": math.nan}
+        self.last_gsnr = {
+            "gsnr": math.nan, "gsnr_pooled": math.nan, "gsnr_per_sample": math.nan, "noise_scale": math.nan, "gsnr_epoch": 0,
+        }
 
     # Iteration ---------------------------------------------------------------------------------
 
@@ -131,10 +133,16 @@ class Trainer:
         return report
 
     def _epoch_batches(self) -> list[torch.Tensor]:
-        """Split a fresh permutation of the trainable pool into batches of about pool.batch_size."""
+        """Cut a fresh permutation of the trainable pool into batches of exactly pool.batch_size.
+
+        The last incomplete batch is dropped: its normalized weights would average fewer samples
+        and so carry a noisier meta-gradient. Reshuffling every epoch trains on the dropped samples
+        in other epochs.
+        """
+        size = self.config.pool.batch_size
         order = self.trainable[torch.randperm(len(self.trainable), generator=self.generator)]
-        count = max(1, round(len(order) / self.config.pool.batch_size))
-        return list(torch.tensor_split(order, count))
+        count = len(order) // size
+        return list(order[: count * size].split(size))
 
     def _train_step(self, index: torch.Tensor) -> tuple[float, Any]:
         # The same operations as model(x), split so that feature groups can read the penultimate layer.
@@ -218,6 +226,7 @@ class Trainer:
             "gsnr_pooled": batch_summary.pooled,
             "gsnr_per_sample": gsnr_from_samples(per_sample).median,
             "noise_scale": noise_scale(batch_summary, self.config.pool.batch_size),
+            "gsnr_epoch": self.epoch,
         }
 
     # Evaluation and reports --------------------------------------------------------------------

@@ -35,7 +35,6 @@ def config_problems(config: RunConfig) -> list[str]:
     for key, value in (
         ("train.weight_decay", config.train.weight_decay),
         ("mts.weight_decay", config.mts.weight_decay),
-        ("train.momentum", config.train.momentum),
         ("mts.warmup_epochs", config.mts.warmup_epochs),
         ("train.threads", config.train.threads),
     ):
@@ -54,6 +53,14 @@ def config_problems(config: RunConfig) -> list[str]:
         ("train.eval_batch_size", config.train.eval_batch_size, 1),
     ):
         problems += _at_least(key, value, minimum)
+    problems += _at_least("model.kernel_size", config.model.kernel_size, 1)
+    if not 0 <= config.train.momentum < 1:
+        problems.append(f"train.momentum={config.train.momentum} must be in [0, 1)")
+    if config.task.path is not None and config.task.name != "file":
+        problems.append(
+            f"task.path={config.task.path!r} is only read by task=file, but task.name={config.task.name!r}; "
+            "add task=file or remove task.path"
+        )
     for key, sizes in (("model.hidden", config.model.hidden), ("model.channels", config.model.channels), ("mts.hidden", config.mts.hidden)):
         if any(size < 1 for size in sizes):
             problems.append(f"{key}={list(sizes)} has a non-positive width; every width must be >= 1")

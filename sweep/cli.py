@@ -91,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(overrides: list[str]) -> None:
-    """Set the log level from a `log_level=` override, INFO otherwise; once per process."""
-    level = "INFO"
+def configure_logging(overrides: list[str], default_level: str = "INFO") -> None:
+    """Set the log level from a `log_level=` override, `default_level` otherwise; once per process."""
+    level = default_level
     for override in overrides:
         if override.startswith("log_level="):
             level = override.split("=", 1)[1].upper()
@@ -106,7 +106,9 @@ def configure_logging(overrides: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(getattr(args, "overrides", []))
+    # `run` prints its own progress lines, so its log shows warnings only unless asked for more;
+    # sweeps log each finished trial at INFO.
+    configure_logging(getattr(args, "overrides", []), "WARNING" if args.command == "run" else "INFO")
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

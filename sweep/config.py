@@ -124,11 +124,14 @@ def _key_exists(key: str, known_keys: set[str]) -> bool:
 
 def _unknown_key_line(key: str, value: str, known_keys: set[str]) -> str:
     parent = key.rsplit(".", 1)[0] if "." in key else ""
+    if parent and parent not in known_keys:
+        # The whole section is unknown, so list the top-level keys instead of its (empty) children.
+        parent = ""
     siblings = sorted(k for k in known_keys if (k.rsplit(".", 1)[0] if "." in k else "") == parent)
     close = difflib.get_close_matches(key, sorted(known_keys), n=1)
     hint = f"; did you mean {close[0]}?" if close else ""
     where = f"under {parent!r}" if parent else "at the top level"
-    return f"unknown config key {key!r} (value {value!r}){hint} Keys {where}: {', '.join(siblings)}"
+    return f"unknown config key {key!r} (value {value!r}){hint}; keys {where}: {', '.join(siblings)}"
 
 
 def _one_line(err: BaseException) -> str:

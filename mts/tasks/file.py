@@ -80,8 +80,16 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             names = [name for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if name in data.files]
             return {name: _load_npz_member(data, name, path) for name in names}
+    except TaskError:
+        raise
     except (OSError, zipfile.BadZipFile, EOFError) as err:
         raise TaskError(f"task file {str(path)!r} is not a readable .npz file: {err}") from err
+    except ValueError as err:
+        # np.load falls back to unpickling a file that is neither an .npz archive nor an .npy array,
+        # and with allow_pickle=False that surfaces as a ValueError about pickled data.
+        raise TaskError(
+            f"task file {str(path)!r} is not an .npz archive; write it with numpy.savez or numpy.savez_compressed"
+        ) from err
 
 
 def _load_npz_member(data: np.lib.npyio.NpzFile, name: str, path: Path) -> np.ndarray:

@@ -338,6 +338,15 @@ def test_file_pickled_objects_rejected(tmp_path: Path) -> None:
     assert "'split'" in message
 
 
+def test_file_not_npz_rejected(tmp_path: Path) -> None:
+    (tmp_path / "data.npz").write_text("hello")
+    with pytest.raises(TaskError) as info:
+        build_task(file_config(tmp_path / "data.npz"))
+    message = str(info.value)
+    assert "is not an .npz archive" in message
+    assert "allow_pickle" not in message
+
+
 def test_file_path_missing_is_config_error() -> None:
     with pytest.raises(ConfigError, match=r"task\.path=None is missing"):
         build_task(TaskConfig(name="file"))

@@ -46,7 +46,7 @@ def test_method_runs_two_epochs(tasks, task_name, method):
     last = reports[-1]
     assert 0.0 <= last.val_acc <= 1.0
     assert math.isfinite(last.train_loss)
-    assert last.steps == 2 * round(len(Trainer(small_config(method, task_name), task=tasks[task_name]).trainable) / 128)
+    assert last.steps == 2 * (len(Trainer(small_config(method, task_name), task=tasks[task_name]).trainable) // 128)
     if method in ("mts", "mwnet"):
         assert math.isfinite(last.gsnr)
         assert math.isfinite(last.gsnr_per_sample)

@@ -29,6 +29,10 @@ TINY = [
         (["train.lr=-0.01"], "train.lr=-0.01 must be > 0"),
         (["train.lr=fast"], "train.lr=fast: Value 'fast' of type 'str' could not be converted to Float"),
         (["mts.features=[loss,magic]"], "mts.features contains unknown group 'magic'"),
+        (["trian.epochs=3"], "did you mean train.epochs?; keys at the top level: baseline,"),
+        (["model=cnn", "model.kernel_size=0"], "model.kernel_size=0 must be an integer >= 1"),
+        (["train.momentum=5"], "train.momentum=5.0 must be in [0, 1)"),
+        (["task.path=/tmp/pool.npz"], "task.path='/tmp/pool.npz' is only read by task=file"),
     ],
 )
 def test_bad_input_gives_one_line(capsys, overrides, expected):
@@ -77,3 +81,34 @@ def test_run_writes_config_and_reports(tmp_path, capsys):
     assert summary["test_gain"] == pytest.approx(reports[-1]["best_test_acc"] - baseline[-1]["best_test_acc"])
     assert sum(line.startswith("epoch ") for line in out.splitlines()) == 4
     assert "test_gain=" in out.splitlines()[-1]
+
+
+def test_output_dir_with_run_rejected(tmp_path, capsys):
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "reports.jsonl").write_text("{}\n")
+    code = main(["run", *TINY, f"output_dir={output}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "already holds a run" in err
+    assert (output / "reports.jsonl").read_text() == "{}\n"
+
+
+def test_output_dir_that_is_file_rejected(tmp_path, capsys):
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    code = main(["run", *TINY, f"output_dir={target}"])
+    assert code == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert target.read_text() == "keep me"
+
+
+def test_reports_are_strict_json(tmp_path, capsys):
+    output = tmp_path / "oracle"
+    assert main(["run", *TINY, "method=oracle", f"output_dir={output}"]) == 0
+    capsys.readouterr()
+    for line in (output / "reports.jsonl").read_text().splitlines():
+        report = json.loads(line, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+        assert report["gsnr"] is None
+    summary = json.loads((output / "summary.json").read_text(), parse_constant=lambda name: pytest.fail(name))
+    assert summary["last_gsnr"] is None
