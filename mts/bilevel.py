@@ -174,10 +174,10 @@ class BilevelStep:
         return coefficient.unsqueeze(1) * flat
 
     def per_sample_meta_gradients_looped(self, batch: PoolBatch, meta: MetaBatch) -> torch.Tensor:
-        """The same as `per_sample_meta_gradients`, one sample at a time with autograd.
+        """Compute `per_sample_meta_gradients` one sample at a time with autograd.
 
-        A slow reference: the test suite checks the vectorized version against it and the
-        benchmarks measure the speed-up.
+        This slow reference exists so the test suite can check the vectorized version against it
+        and the benchmarks can measure the speed-up.
         """
         theta, u, p, total = self._meta_direction(batch, meta)
         u_flat = flatten(list(u.values()))

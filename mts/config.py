@@ -19,7 +19,7 @@ POSITION_REPRESENTATIONS = ("warmup", "raw", "embeddings")
 
 @dataclasses.dataclass
 class TaskConfig:
-    """Which task to build and how large its splits are."""
+    """The task to build and the sizes of its splits."""
 
     name: str = "mnist1d_shift"  # mnist1d_shift | digits_synth | file
     seed: int = 0  # seed of the data generation; the same seed gives byte-identical arrays
@@ -47,9 +47,9 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class PoolConfig:
-    """How the weighted pool is batched."""
+    """Batching of the weighted pool."""
 
-    batch_size: int = 512  # pool batch N; the paper's fix for poor GSNR is a large N
+    batch_size: int = 512  # pool batch N; a larger N raises the meta-gradient GSNR (Du, Zhao and Li, 2026)
 
 
 @dataclasses.dataclass
@@ -79,7 +79,7 @@ class MTSConfig:
 
 @dataclasses.dataclass
 class GSNRConfig:
-    """How often and how precisely the meta-gradient GSNR is measured."""
+    """Cadence and precision of the meta-gradient GSNR measurement."""
 
     enabled: bool = True
     every_epochs: int = 10  # measure at the end of every n-th epoch and of the last one

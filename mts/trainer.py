@@ -293,7 +293,7 @@ class Trainer:
     # State -------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Return everything needed to continue this run exactly where it stands."""
+        """Return everything needed to continue this run exactly where it is."""
         return {
             "version": STATE_VERSION,
             "method": self.config.method,

@@ -3,7 +3,7 @@
 The weighted loss of a batch is `sum_i p_i l_i` with `p_i = w_i / S` and `S = sum_j w_j`.
 Normalizing per batch keeps the effective learning rate independent of the meta-network's overall
 scale. The sum is floored at `eps * N` so that a batch of near-zero weights cannot divide by zero
-or blow the step up; the floor hits are counted. The effective batch size
+or blow the step up. The floor hits are counted. The effective batch size
 `B_eff = 1 / sum_i p_i^2` (for weights summing to one) falls when a few samples take most of the
 weight, which is the mechanism behind a poor meta-gradient GSNR.
 """

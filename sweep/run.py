@@ -70,12 +70,12 @@ def run_command(overrides: list[str], out: TextIO) -> int:
 
 
 def _check_output_dir(output_dir: Path) -> None:
-    """Reject an output folder that is a file or already holds a run, before anything is trained."""
+    """Reject an output folder that is a file or already contains a run, before anything is trained."""
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"output_dir={str(output_dir)!r} is a file, not a folder; choose a new folder")
     if (output_dir / "reports.jsonl").exists():
         raise ConfigError(
-            f"output_dir={str(output_dir)!r} already holds a run (reports.jsonl); choose a new folder or delete it"
+            f"output_dir={str(output_dir)!r} already contains a run (reports.jsonl); choose a new folder or delete it"
         )
 
 

@@ -90,7 +90,7 @@ def test_output_dir_with_run_rejected(tmp_path, capsys):
     code = main(["run", *TINY, f"output_dir={output}"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "already holds a run" in err
+    assert "already contains a run" in err
     assert (output / "reports.jsonl").read_text() == "{}\n"
 
 
