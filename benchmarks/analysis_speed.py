@@ -202,8 +202,8 @@ def main() -> None:
         f"Store writes through `AnalysisStore.write_report` (the callback's path, one transaction per report): "
         f"{fill_timings['api_reports_per_s']:.0f} reports/s. Goals: best < 1 s, analyze < 30 s. "
         "`analyze` includes loading the Optuna study, PED-ANOVA importances over all trials and fANOVA "
-        "over a random sample of at most 250. The fresh-process time includes importing `mts` (and torch) "
-        "through `sweep.errors`."
+        "over a random sample of at most 250. The fresh-process time includes Python start-up and the "
+        "imports of the CLI (SQLAlchemy, Optuna), not torch."
     )
     print(table)
     print(notes)
