@@ -118,6 +118,9 @@ def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> In
 def fit_power_law(x: Iterable[float], y: Iterable[float]) -> PowerLaw:
     """Fit y = c * x**a by least squares on log-log axes; points with x or y <= 0 are left out.
 
+    NOTE: the bias-corrected GSNR estimate is negative when the signal is below the estimator's
+    resolution, so leaving those trials out biases the fit toward the trials with measurable signal.
+
     Raises `AnalysisError` when fewer than two distinct positive x remain.
     """
     from scipy import stats
