@@ -67,6 +67,12 @@ def config_problems(config: RunConfig) -> list[str]:
 
     if config.method == "mts":
         problems += check_feature_names(list(config.mts.features))
+    uses_meta = config.method in ("mts", "mwnet", "l2rw")
+    if uses_meta and config.task.name != "file" and config.mts.meta_batch_size > config.task.meta_size >= 1:
+        problems.append(
+            f"mts.meta_batch_size={config.mts.meta_batch_size} is larger than the meta set "
+            f"(task.meta_size={config.task.meta_size}); allowed: 1 to {config.task.meta_size}"
+        )
     if config.task.name != "file" and config.pool.batch_size > config.task.pool_size >= 1:
         problems.append(
             f"pool.batch_size={config.pool.batch_size} is larger than the pool "

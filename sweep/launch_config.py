@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -103,6 +104,7 @@ def load_launch_config(overrides: list[str], space: SearchSpace | None = None) -
     composed.search_space = space.name
 
     problems = _apply_sweep_defaults(composed, space, overrides)
+    problems += _overridden_space_keys(space, overrides)
     problems += [f"{key} is missing; give it on the command line, e.g. {key}=VALUE" for key in sorted(OmegaConf.missing_keys(composed))]
     if problems:
         raise ConfigProblems(problems)
@@ -120,6 +122,23 @@ def load_launch_config(overrides: list[str], space: SearchSpace | None = None) -
             "repeats random grid points" if config.sweep.num_samples > space.grid_size() else "leaves grid points out",
         )
     return config, space
+
+
+def _overridden_space_keys(space: SearchSpace, overrides: list[str]) -> list[str]:
+    """Return a line for each command-line key that the search space also sets.
+
+    Every trial takes the space's value, so the command-line value would be silently ignored.
+    """
+    space_keys = set(space.to_dict().get("params", {}))
+    problems = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in space_keys:
+            problems.append(
+                f"{override!r} sets {key}, which search space {space.name!r} also sets, so trials would ignore it; "
+                "change the value in the search space or copy the space to a file and edit it there"
+            )
+    return problems
 
 
 def _read_space(reference: Any) -> SearchSpace:
@@ -177,6 +196,13 @@ def sweep_problems(config: LaunchConfig, space: SearchSpace) -> list[str]:
     problems += _cluster_problems(config.cluster)
     if config.cluster.num_cpus is not None and config.cluster.num_cpus < sweep.cpus_per_trial:
         problems.append(f"cluster.num_cpus={config.cluster.num_cpus} is below sweep.cpus_per_trial={sweep.cpus_per_trial}; no trial could start")
+    local_cpus = os.cpu_count() or 1
+    if config.cluster.mode == "local" and config.cluster.num_cpus is None and sweep.cpus_per_trial > local_cpus:
+        # Ray would wait forever for a node that can hold one trial.
+        problems.append(
+            f"sweep.cpus_per_trial={sweep.cpus_per_trial} is more than this machine's {local_cpus} CPUs; "
+            f"allowed with cluster=local: up to {local_cpus}"
+        )
     if config.storage.url is not None and "://" not in config.storage.url:
         problems.append(f"storage.url={config.storage.url!r} is not an SQLAlchemy URL; e.g. sqlite:////abs/path/sweep.db or postgresql://user@host/db")
     return problems

@@ -122,5 +122,5 @@ def test_invalid_config_names_key_and_value(tasks, changes, expected):
 
 
 def test_meta_batch_larger_than_meta_set_rejected(tasks):
-    with pytest.raises(ConfigError, match=r"mts\.meta_batch_size=500 is larger than the meta set \(40 samples\)"):
+    with pytest.raises(ConfigError, match=r"mts\.meta_batch_size=500 is larger than the meta set \(task\.meta_size=40\)"):
         Trainer(small_config("mts", mts__meta_batch_size=500), task=tasks["mnist1d_shift"])

@@ -27,6 +27,9 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     ("overrides", "expected"),
     [
         (["sweep.searcher=bayes"], "sweep.searcher='bayes' is not allowed; choose one of: tpe, random, grid, cmaes, nsga2"),
+        (["sweep.cpus_per_trial=64"], "sweep.cpus_per_trial=64.0 is more than this machine's"),
+        (["task.meta_size=40"], "mts.meta_batch_size=50 is larger than the meta set (task.meta_size=40)"),
+        (["mts.meta_batch_size=20"], "sets mts.meta_batch_size, which search space 'smoke' also sets"),
         (["sweep.scheduler=hyperband"], "sweep.scheduler='hyperband' is not allowed; choose one of: none, asha"),
         (["sweep.num_samples=0"], "sweep.num_samples=0 must be an integer >= 1"),
         (["sweep.cpus_per_trial=0"], "sweep.cpus_per_trial=0.0 must be > 0"),
@@ -37,7 +40,7 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
         (["cluster=remote"], "cluster=remote needs cluster.address, e.g. cluster.address=ray://head:10001"),
         (["cluster.address=ray://head:10001"], "is set with cluster=local; use cluster=remote"),
         (["storage.url=not-a-url"], "storage.url='not-a-url' is not an SQLAlchemy URL"),
-        (["mts.lr=-1"], "mts.lr=-1.0 must be > 0"),
+        (["train.lr=-1"], "train.lr=-1.0 must be > 0"),
         (["search_space=nope"], "search_space='nope' is neither a bundled search space nor an existing .yaml file"),
     ],
 )
