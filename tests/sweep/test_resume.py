@@ -89,3 +89,11 @@ def test_resume_after_killed_driver(ray_address: str, experiments: Path) -> None
         rows = results_after[trial_id]
         assert [row["epoch"] for row in rows] == [1, 2, 3]  # not rerun: no repeated epochs
         assert rows[0]["trial_started_at"] == results_before[trial_id][0]["trial_started_at"]
+
+    # The analysis store saw the killed driver's reports and the resumed ones: each epoch once.
+    with contextlib.closing(sqlite3.connect(path / "sweep.db")) as connection:
+        counts = connection.execute("SELECT trial_id, epoch, COUNT(*) FROM analysis_reports GROUP BY trial_id, epoch").fetchall()
+    assert all(count == 1 for _, _, count in counts)
+    assert {trial_id for trial_id, _, _ in counts} == tune_ids
+    assert len(counts) == NUM_SAMPLES * 3
+
