@@ -38,8 +38,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # The trainer imports torch, which takes seconds; commands that only read a sweep's database
-    # (mtsweep best, status) import `mts` for its config and errors and should not pay for it.
+    # The trainer imports torch, which takes seconds. Commands that only read a sweep's database
+    # (mtsweep best, status) import `mts` for its config and errors, so they should not pay for it.
     if name == "Trainer":
         from mts.trainer import Trainer
 

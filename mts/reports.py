@@ -17,7 +17,7 @@ class Reference:
 
 @dataclasses.dataclass
 class EpochReport:
-    """What one epoch of training measured.
+    """Measurements of one epoch of training.
 
     Accuracies are fractions in [0, 1]; gains are differences of fractions. GSNR fields hold the
     latest measurement (NaN before the first one, and for methods without a meta-network).

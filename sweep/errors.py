@@ -6,7 +6,7 @@ from mts.errors import ConfigError, MtsError
 
 
 class SweepError(MtsError):
-    """A sweep cannot start or continue; the message says what to do."""
+    """A sweep cannot start or continue. The message states what to do."""
 
 
 class ConfigProblems(ConfigError):

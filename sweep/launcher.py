@@ -4,7 +4,7 @@
     summary = run_sweep(experiment)              # `mtsweep launch search_space=smoke`
     summary = run_sweep(open_experiment(path), resume=True)   # `mtsweep resume PATH`
 
-An experiment folder holds `config.yaml` (the resolved launch config, search space included),
+An experiment folder contains `config.yaml` (the resolved launch config, search space included),
 `sweep.db` (SQLite: the Optuna study, the baselines, and later the analysis store), `tune/` (Ray
 Tune's results, trial checkpoints and experiment state) and `tensorboard/`.
 
@@ -207,7 +207,7 @@ def run_sweep(
     config = experiment.config
     if not resume and study_trials(experiment):
         raise SweepError(
-            f"the database {experiment.database_url} already holds an Optuna study named {experiment.name!r}; "
+            f"the database {experiment.database_url} already contains an Optuna study named {experiment.name!r}; "
             f"continue it with `mtsweep resume {experiment.path}` or give another sweep.name"
         )
     with ray_session(experiment):

@@ -87,5 +87,5 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4g}"
     if isinstance(value, list):
-        return "+".join(str(item) for item in value)
+        return ",".join(str(item) for item in value)
     return str(value)
