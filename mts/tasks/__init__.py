@@ -62,8 +62,9 @@ def build_task(config: TaskConfig) -> Task:
     if not builder.cacheable:
         return _build_timed(builder, config)
 
-    key_json = cache.cache_key_json(config, builder.cache_fields)
-    path = cache.cache_path(config, builder.cache_fields)
+    constants = builder.generation_constants()
+    key_json = cache.cache_key_json(config, builder.cache_fields, constants)
+    path = cache.cache_path(config, builder.cache_fields, constants)
     task = cache.load_task(path, key_json)
     if task is not None:
         logger.debug("Loaded task %s from cache %s", config.name, path)

@@ -1,7 +1,8 @@
 """The on-disk cache of generated tasks: one `.npz` file per config, loaded without pickle.
 
-The file name is a hash of the format version and of every config field that changes the arrays,
-so a changed config never reads another config's entry. The config itself is stored in the file
+The file name is a hash of the format version, of every config field that changes the arrays and
+of the builder's generation constants (generator arguments, quality tags, default mixture), so a
+changed config or an edited generator never reads another entry. The config itself is stored in the file
 too and compared on load, and an unreadable or mismatching file is rebuilt instead of trusted.
 """
 
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 # Bump when the layout of the file or the generation of any task changes, so that old entries
 # are no longer found.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _SPLIT_FIELDS = ("x", "y", "source")
 
@@ -39,9 +40,9 @@ def resolve_cache_dir(config: TaskConfig) -> Path:
     return Path("~/.cache/mtsweep").expanduser()
 
 
-def cache_key_json(config: TaskConfig, fields: tuple[str, ...]) -> str:
-    """Return the canonical JSON of the format version and the given config fields."""
-    values: dict[str, object] = {"format_version": FORMAT_VERSION}
+def cache_key_json(config: TaskConfig, fields: tuple[str, ...], constants: dict[str, object] | None = None) -> str:
+    """Return the canonical JSON of the format version, the given config fields and the builder's constants."""
+    values: dict[str, object] = {"format_version": FORMAT_VERSION, "generation": constants or {}}
     for field in fields:
         value = getattr(config, field)
         # Mixture fractions are relative weights, so 1 and 1.0 must hash alike.
@@ -51,9 +52,9 @@ def cache_key_json(config: TaskConfig, fields: tuple[str, ...]) -> str:
     return json.dumps(values, sort_keys=True, separators=(",", ":"))
 
 
-def cache_path(config: TaskConfig, fields: tuple[str, ...]) -> Path:
-    """Return the cache file of `config`, named by the task and a hash of `fields`."""
-    digest = hashlib.sha256(cache_key_json(config, fields).encode("utf-8")).hexdigest()[:20]
+def cache_path(config: TaskConfig, fields: tuple[str, ...], constants: dict[str, object] | None = None) -> Path:
+    """Return the cache file of `config`, named by the task and a hash of its cache key."""
+    digest = hashlib.sha256(cache_key_json(config, fields, constants).encode("utf-8")).hexdigest()[:20]
     return resolve_cache_dir(config) / f"{config.name}-{digest}.npz"
 
 

@@ -160,6 +160,16 @@ class DigitsSynthBuilder(BaseTaskBuilder):
         "noisy": 0.10,
     }
 
+    def generation_constants(self) -> dict[str, object]:
+        return {
+            **super().generation_constants(),
+            "pca_components": PCA_COMPONENTS,
+            "mixture_components": MIXTURE_COMPONENTS,
+            "confusion_map": {str(label): other for label, other in CONFUSION_MAP.items()},
+            "off_domain": sorted(OFF_DOMAIN),
+            "quality": GENERATOR_QUALITY,
+        }
+
     def validate(self, config: TaskConfig) -> list[str]:
         problems = super().validate(config)
         seed_size = config.seed_size

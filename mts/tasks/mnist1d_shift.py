@@ -122,6 +122,14 @@ class Mnist1dShiftBuilder(BaseTaskBuilder):
         "mislabeled": 0.18,
     }
 
+    def generation_constants(self) -> dict[str, object]:
+        return {
+            **super().generation_constants(),
+            "generator_args": GENERATOR_ARGS,
+            "mislabeled": sorted(MISLABELED_GENERATORS),
+            "quality": GENERATOR_QUALITY,
+        }
+
     def build(self, config: TaskConfig) -> Task:
         sources = ("real", *GENERATOR_ARGS)
         mean, std = reference_statistics()

@@ -59,6 +59,15 @@ class BaseTaskBuilder(abc.ABC):
             )
         return problems
 
+    def generation_constants(self) -> dict[str, object]:
+        """Return the module constants that shape the generated arrays, as plain JSON values.
+
+        They are part of the cache key, so that editing a generator's arguments, a quality tag or
+        the default mixture in the code rebuilds cached tasks instead of serving stale arrays.
+        Builders with such constants extend this dict.
+        """
+        return {"default_mixture": dict(self.default_mixture)}
+
     def mixture(self, config: TaskConfig) -> dict[str, float]:
         """Return the pool mixture of `config`, or the task's default when none is given."""
         return dict(config.mixture) if config.mixture else dict(self.default_mixture)

@@ -10,7 +10,7 @@ import pytest
 
 from mts.config import TaskConfig
 from mts.errors import ConfigError, TaskError
-from mts.tasks import SPLIT_NAMES, TASK_NAMES, Task, build_task, cache
+from mts.tasks import SPLIT_NAMES, TASK_NAMES, Task, build_task, cache, digits_synth
 from mts.tasks._sampling import allocate_counts
 from mts.tasks.registry import get_builder
 
@@ -195,11 +195,16 @@ def test_digits_real_splits_and_generated_pool(tmp_path: Path) -> None:
 # Cache
 
 
+def entry_path(config: TaskConfig) -> Path:
+    builder = get_builder(config.name)
+    return cache.cache_path(config, builder.cache_fields, builder.generation_constants())
+
+
 def test_cache_hit_returns_identical_arrays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = small_config("digits_synth", tmp_path)
     first = build_task(config)
     builder = get_builder("digits_synth")
-    path = cache.cache_path(config, builder.cache_fields)
+    path = entry_path(config)
     assert path.is_file()
 
     def fail_build(self: object, config: TaskConfig) -> Task:
@@ -221,22 +226,33 @@ def test_changed_config_not_served_from_cache(tmp_path: Path) -> None:
     assert set(np.unique(third.pool.source).tolist()) == {third.sources.index("gmm")}
 
 
+def test_edited_quality_tag_not_served_from_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = small_config("digits_synth", tmp_path)
+    task = build_task(config)
+    confused = task.sources.index("confused")
+    assert set(task.quality[task.pool.source == confused].tolist()) == {0}
+    # A tag edited in the code, as after a new leave-one-generator-out measurement.
+    monkeypatch.setitem(digits_synth.GENERATOR_QUALITY, "confused", 1)
+    retagged = build_task(config)
+    assert set(retagged.quality[retagged.pool.source == confused].tolist()) == {1}
+    assert entry_path(config).is_file()
+
+
 def test_corrupted_cache_file_rebuilt(tmp_path: Path) -> None:
     config = small_config("digits_synth", tmp_path)
     first = build_task(config)
-    path = cache.cache_path(config, get_builder("digits_synth").cache_fields)
+    path = entry_path(config)
     path.write_bytes(b"not an npz file")
     second = build_task(config)
     assert_same_arrays(first, second)
 
 
 def test_cache_entry_of_other_config_rejected(tmp_path: Path) -> None:
-    fields = get_builder("digits_synth").cache_fields
     config_a = small_config("digits_synth", tmp_path, pool_size=300)
     config_b = small_config("digits_synth", tmp_path, pool_size=200)
     build_task(config_a)
     # Put A's entry where B's belongs, as a hash collision or a hand-copied file would.
-    cache.cache_path(config_a, fields).replace(cache.cache_path(config_b, fields))
+    entry_path(config_a).replace(entry_path(config_b))
     assert len(build_task(config_b).pool) == 200
 
 
