@@ -7,8 +7,10 @@
 
 For each task and seed it runs `uniform` (the default schedule of `mtsweep run`), `mwnet` (loss
 only, pool batch 100) and `mts` with every feature group at pool batch 512, then `mts` with each
-group alone (`--groups` picks them) to show which groups carry the signal. It appends two tables to benchmarks/RESULTS.md: mean test accuracy and weight AUC per
-method, and weight AUC per group. Each finished run is also written as one JSON line to
+group alone (`--groups` picks them) to show which groups carry the signal. It appends three tables to
+benchmarks/RESULTS.md: mean test accuracy and weight AUC per method, the mean weight of each pool
+source under `mts` with all groups (where the ranking agrees with the tags and where it does not),
+and weight AUC per group. Each finished run is also written as one JSON line to
 `--log` so a long run that is stopped keeps its results.
 """
 
@@ -23,13 +25,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.results import append_result, markdown_table  # noqa: E402
 from mts.features import FEATURE_GROUPS  # noqa: E402
-from mts.tasks import build_task  # noqa: E402
+from mts.tasks import Task, build_task  # noqa: E402
 from sweep.config import load_run_config  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -51,14 +54,36 @@ def run_one(overrides: list[str], task: str, seed: int, epochs: int | None) -> d
     if epochs is not None:
         common.append(f"train.epochs={epochs}")
     config = load_run_config([*common, *overrides])
+    task_data = build_task(config.task)
     started = time.perf_counter()
-    reports = list(Trainer(config, task=build_task(config.task)))
+    trainer = Trainer(config, task=task_data)
+    reports, late_weights = [], []
+    for report in trainer:
+        reports.append(report)
+        if report.epoch > config.train.epochs - AUC_EPOCHS:
+            late_weights.append(trainer.epoch_weights.clone())
+    seconds = time.perf_counter() - started
     aucs = [report.weight_auc for report in reports[-AUC_EPOCHS:] if not math.isnan(report.weight_auc)]
     return {
         "test_acc": reports[-1].best_test_acc,
         "weight_auc": statistics.mean(aucs) if aucs else math.nan,
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
+        **source_weights(task_data, torch.stack(late_weights)),
     }
+
+
+def source_weights(task_data: Task, late_weights: torch.Tensor) -> dict[str, float]:
+    """Return the mean raw weight of each pool source over the last epochs, keyed `w:<source>`.
+
+    The evaluation reads the hidden quality tags only to name each source's tag in the table.
+    """
+    mean_weight = torch.nanmean(late_weights.double(), dim=0).numpy()
+    result = {}
+    for code, name in enumerate(task_data.sources):
+        members = (task_data.pool.source == code) & ~np.isnan(mean_weight)
+        if members.any():
+            result[f"w:{name}"] = float(mean_weight[members].mean())
+    return result
 
 
 def run_all(runs: list[tuple[str, list[str]]], tasks: list[str], seeds: list[int], epochs: int | None, log: Path) -> dict:
@@ -75,7 +100,7 @@ def run_all(runs: list[tuple[str, list[str]]], tasks: list[str], seeds: list[int
 
 
 def mean_of(values: list[dict[str, float]], key: str) -> float:
-    finite = [value[key] for value in values if not math.isnan(value[key])]
+    finite = [value[key] for value in values if key in value and not math.isnan(value[key])]
     return statistics.mean(finite) if finite else math.nan
 
 
@@ -91,6 +116,20 @@ def method_table(results: dict, tasks: list[str]) -> str:
                          mean_of(values, "weight_auc"), round(mean_of(values, "seconds"), 1)])
     return markdown_table(["task", "method", "seeds", "test acc (mean)", "test acc (std)", "gain vs uniform (pts)",
                            f"weight AUC (mean of last {AUC_EPOCHS} epochs)", "seconds per run"], rows)
+
+
+def source_table(results: dict, tasks: list[str], run: str) -> str:
+    """Mean raw weight per pool source for one run, beside each source's quality tag."""
+    rows = []
+    for task in tasks:
+        task_data = build_task(load_run_config([f"task={task}"]).task)
+        for code, name in enumerate(task_data.sources):
+            members = task_data.pool.source == code
+            if not members.any():
+                continue
+            tag = "faithful" if task_data.quality[members].mean() > 0.5 else "harmful"
+            rows.append([task, name, tag, int(members.sum()), mean_of(results[(task, run)], f"w:{name}")])
+    return markdown_table(["task", "source", "tag", "pool samples", f"mean raw weight, {run}"], rows)
 
 
 def group_table(results: dict, tasks: list[str], groups: list[str]) -> str:
@@ -125,6 +164,7 @@ def main() -> None:
     if not args.skip_methods:
         results = run_all(METHOD_RUNS, args.tasks, seeds, epochs, args.log)
         tables.append(method_table(results, args.tasks))
+        tables.append(source_table(results, args.tasks, METHOD_RUNS[-1][0]))
     if not args.skip_per_group:
         group_runs = [(group, ["method=mts", "pool.batch_size=512", f"mts.features=[{group}]"]) for group in args.groups]
         results = run_all(group_runs, args.tasks, seeds, epochs, args.log)

@@ -98,6 +98,9 @@ class Trainer:
         self.best_val_acc = -1.0
         self.best_test_acc = float("nan")
         self.best_model_state = copy.deepcopy(self.model.state_dict())
+        # Raw weight of every pool sample in the last epoch (NaN where a sample was not trained on),
+        # for inspecting what a method keeps; like the AUC, it reads no quality tag.
+        self.epoch_weights = torch.full((len(self.pool),), float("nan"))
         self.last_gsnr = {
             "gsnr": math.nan, "gsnr_pooled": math.nan, "gsnr_per_sample": math.nan, "noise_scale": math.nan, "gsnr_epoch": 0,
         }
@@ -125,6 +128,7 @@ class Trainer:
             loss_sum += loss * len(index)
             seen += len(index)
         self.epoch += 1
+        self.epoch_weights = epoch_weights
 
         if self.method.learns_weights and self._gsnr_due():
             self._measure_gsnr()
