@@ -73,10 +73,7 @@ def run_one(overrides: list[str], task: str, seed: int, epochs: int | None) -> d
 
 
 def source_weights(task_data: Task, late_weights: torch.Tensor) -> dict[str, float]:
-    """Return the mean raw weight of each pool source over the last epochs, keyed `w:<source>`.
-
-    The evaluation reads the hidden quality tags only to name each source's tag in the table.
-    """
+    """Return the mean raw weight of each pool source over the last epochs, keyed `w:<source>`."""
     mean_weight = torch.nanmean(late_weights.double(), dim=0).numpy()
     result = {}
     for code, name in enumerate(task_data.sources):
@@ -119,7 +116,10 @@ def method_table(results: dict, tasks: list[str]) -> str:
 
 
 def source_table(results: dict, tasks: list[str], run: str) -> str:
-    """Mean raw weight per pool source for one run, beside each source's quality tag."""
+    """Mean raw weight per pool source for one run, beside each source's quality tag.
+
+    The hidden tags are read here, for evaluation only, to label each source.
+    """
     rows = []
     for task in tasks:
         task_data = build_task(load_run_config([f"task={task}"]).task)
