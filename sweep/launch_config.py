@@ -11,6 +11,7 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,6 +31,8 @@ SEARCHERS = ("tpe", "random", "grid", "cmaes", "nsga2")
 SCHEDULERS = ("none", "asha")
 MODES = ("max", "min")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# One path component: the experiment folder under sweep.root and the Optuna study name.
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9._-]+")
 # Metrics a trial reports every epoch that a sweep may optimize.
 OBJECTIVES = ("val_gain", "val_acc", "best_val_acc", "wall_time", "samples_per_sec", "gsnr", "b_eff")
 
@@ -193,6 +196,7 @@ def sweep_problems(config: LaunchConfig, space: SearchSpace) -> list[str]:
     if sweep.searcher == "cmaes" and importlib.util.find_spec("cmaes") is None:
         problems.append("sweep.searcher='cmaes' needs the cmaes package, which is not installed; run pip install cmaes")
 
+    problems += _name_problems(sweep)
     problems += _cluster_problems(config.cluster)
     if config.cluster.num_cpus is not None and config.cluster.num_cpus < sweep.cpus_per_trial:
         problems.append(f"cluster.num_cpus={config.cluster.num_cpus} is below sweep.cpus_per_trial={sweep.cpus_per_trial}; no trial could start")
@@ -245,6 +249,20 @@ def _range_problems(sweep: SweepConfig) -> list[str]:
     if sweep.progress_interval_s <= 0 or sweep.state_save_s <= 0:
         problems.append("sweep.progress_interval_s and sweep.state_save_s must be > 0 seconds")
     return problems
+
+
+def _name_problems(sweep: SweepConfig) -> list[str]:
+    """The experiment name becomes a folder under sweep.root and the Optuna study name, so it must
+    be one plain path component: `../x` or `a/b` would place the experiment outside the root."""
+    if sweep.name is None:
+        return []
+    name = str(sweep.name)
+    if not EXPERIMENT_NAME.fullmatch(name) or name in (".", ".."):
+        return [
+            f"sweep.name={name!r} is not a plain folder name; allowed: letters, digits, '.', '_' and '-' "
+            "(no path separators, not '.' or '..'); set sweep.root to choose the parent folder"
+        ]
+    return []
 
 
 def _cluster_problems(cluster: ClusterConfig) -> list[str]:
