@@ -40,6 +40,9 @@ class BestResult:
     params: list[str]  # searched params shown as columns
     rows: list[dict[str, Any]]
     considered: int  # trials that passed the filters and had a value of the metric
+    matched: int = 0  # trials that passed the --where filters
+    recorded: int = 0  # trials of the experiment in the store
+    where: list[str] = dataclasses.field(default_factory=list)  # the --where filters as given
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -194,7 +197,10 @@ def best_configurations(
         raise AnalysisError(f"no trial reported --metric {metric}; metrics reported: {', '.join(_reported_metrics(chosen))}")
     params = list(record.searched_params) or _varying_params(trials)
     rows = _rows(scored, metric, params, per, top)
-    return BestResult(experiment=experiment, metric=metric, mode=mode, per=per, params=params, rows=rows, considered=len(scored))
+    return BestResult(
+        experiment=experiment, metric=metric, mode=mode, per=per, params=params, rows=rows, considered=len(scored),
+        matched=len(chosen), recorded=len(trials), where=list(where),
+    )
 
 
 def _rows(scored: list[tuple[float, int | None, dict[str, Any]]], metric: str, params: list[str], per: Optional[str], top: Optional[int]) -> list[dict[str, Any]]:
@@ -236,12 +242,21 @@ def _reported_metrics(trials: list[dict[str, Any]]) -> list[str]:
 # Output ----------------------------------------------------------------------------------------
 
 
+def _empty_reason(result: BestResult) -> str:
+    """Say why a `best` query has no rows: nothing recorded, nothing matched, or no value yet."""
+    if result.recorded == 0:
+        return "no trial is recorded yet"
+    if result.matched == 0 and result.where:
+        return f"no trial matches --where {' '.join(result.where)} ({result.recorded} trials recorded)"
+    return f"no trial has a value of {result.metric} yet"
+
+
 def format_best(result: BestResult) -> str:
     """Return the result as an aligned text table with a one-line header."""
     scope = f"best per {result.per}" if result.per else "best"
     lines = [f"{result.experiment}: {scope} by {result.metric} ({result.mode}), {result.considered} trials ranked; test columns are reported, never ranked"]
     if not result.rows:
-        return "\n".join(lines + ["no trial has a value yet"])
+        return "\n".join(lines + [_empty_reason(result)])
     header = (["group"] if result.per else []) + ["rank", "trial", "status", *result.params]
     header += ([result.metric] if result.metric not in ("val_gain", "val_acc") else []) + ["epoch", "val_gain", "val_acc", "test_acc", "test_gain", "gsnr"]
     table = [header]

@@ -41,6 +41,12 @@ def test_best_where_filters(known: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert [row["trial_id"] for row in result["rows"]] == ["e"]
 
 
+def test_best_where_no_match_says_so(known: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(["best", str(known), "--where", "pool.batch_size=999"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "no trial matches --where pool.batch_size=999 (6 trials recorded)"
+
+
 def test_best_per_batch_size(known: Path, capsys: pytest.CaptureFixture[str]) -> None:
     result = best_json(known, capsys, "--per", "pool.batch_size")
     assert [(row["group"], row["trial_id"]) for row in result["rows"]] == [("64", "b"), ("256", "c"), ("1024", "f")]
