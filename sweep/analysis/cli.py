@@ -68,7 +68,10 @@ def analyze_command(args: argparse.Namespace) -> int:
     print(f"{result.trials_used} finished trials analysed against {result.x_key}")
     if fit is not None:
         print(f"GSNR ~ {fit.coefficient:.4g} * x^{fit.exponent:.3f} (R^2 {fit.r_squared:.3f}, {fit.points} trials with GSNR > 0)")
-    print(f"best {result.x_key} by mean val_gain: {_number(result.best_x)}; tested value nearest to the noise scale: {_number(result.predicted_x)}")
+    line = f"best {result.x_key} by mean val_gain: {_number(result.best_x)}"
+    if result.x_key == "pool.batch_size":
+        line += f"; tested value nearest to the noise scale: {_number(result.predicted_x)}"
+    print(line)
     for note in result.notes:
         print(f"note: {note}")
     print(f"report: {report}")

@@ -204,6 +204,8 @@ def _fit_section(result: ScalingResult) -> list[str]:
 
 
 def _batch_size_section(result: ScalingResult) -> list[str]:
+    if result.x_key != "pool.batch_size":
+        return [f"## Best {result.x_key}", "", f"- Measured: the highest mean val_gain is at {result.x_key} = {_format_number(result.best_x)}."]
     lines = ["## Best batch size: measured and predicted", ""]
     lines.append(f"- Measured: the highest mean val_gain is at {result.x_key} = {_format_number(result.best_x)}.")
     if result.noise_scale_median is None:

@@ -176,6 +176,8 @@ def scaling_analysis(
     fit = _gsnr_fit(finished, x_key, notes)
     best_x = _best_x(points)
     noise, median, predicted = _noise_scale_prediction(finished, points, notes)
+    if x_key != "pool.batch_size":
+        predicted = None  # the noise scale is a batch size, so it predicts nothing about another key
     importances: dict[str, dict[str, float]] = {}
     if with_importances:
         importances = parameter_importances(database_url or store.url, record.name, list(record.searched_params), notes)

@@ -147,3 +147,6 @@ def test_analyze_float_key_skips_tensorboard(tmp_path: Path) -> None:
     assert result.best_x == 0.1
     assert "mts.lr takes non-integer values" in report.read_text()
     assert not (folder / "tensorboard" / "scaling").exists()
+    # The noise scale is a batch size: it predicts nothing about a learning rate.
+    assert result.predicted_x is None
+    assert "noise scale" not in report.read_text()
