@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
-import subprocess
 import sys
 
 from sweep.analysis.folder import open_folder
@@ -91,7 +91,12 @@ def tensorboard_command(args: argparse.Namespace) -> int:
         print(shlex.join(command))
         return 0
     logger.info("Starting %s", shlex.join(command))
-    return subprocess.call([sys.executable, "-m", "tensorboard.main", *command[1:]])
+    # Replace this process rather than wait on a child, so that a signal sent to `mtsweep
+    # tensorboard --launch` (Ctrl-C, SIGTERM from a job runner) reaches TensorBoard itself.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "tensorboard.main", *command[1:]])
+    return 0  # not reached: execv does not return
 
 
 def main(argv: list[str] | None = None) -> int:

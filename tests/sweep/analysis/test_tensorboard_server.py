@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -81,3 +82,25 @@ def test_tensorboard_serves_scaling_tags(served: tuple[int, Any]) -> None:
         assert value == pytest.approx(means[step], rel=1e-5)
     fitted = get_json(port, "/data/plugin/scalars/scalars", run="scaling", tag="scaling/gsnr_fit")
     assert fitted[-1][2] == pytest.approx(result.gsnr_fit(512), rel=1e-5)
+
+
+def test_launch_stops_on_sigterm(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path, "launched", searched=["pool.batch_size", "seed"])
+    fill_scaling_store(f"sqlite:///{folder / 'sweep.db'}", "launched").close()
+    analyze_experiment(open_folder(folder))
+    port = free_port()
+    launched = subprocess.Popen(
+        [sys.executable, "-m", "sweep.cli", "tensorboard", str(folder), "--port", str(port), "--launch"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_tags(port)
+        launched.send_signal(signal.SIGTERM)
+        launched.wait(timeout=20)
+    finally:
+        if launched.poll() is None:
+            launched.kill()
+            launched.wait()
+    # The process that got the signal was TensorBoard itself, so nothing serves the port any more.
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        get_json(port, "/data/plugin/scalars/tags")
