@@ -148,5 +148,11 @@ def _one_line(err: BaseException) -> str:
 
 
 def _first_line(err: BaseException) -> str:
+    """Return the first line of an error, joined with Hydra's `+key=` hint when it gives one."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
+    if not lines:
+        return type(err).__name__
+    # Hydra refuses `task.mixture={...}` on an empty dict node and says on its second line to
+    # write `+task.mixture={...}`; that hint is the fix, so it stays in the one-line message.
+    hints = [line for line in lines[1:] if line.startswith("To append to your config use")]
+    return "; ".join([lines[0].rstrip("."), *hints]) if hints else lines[0]

@@ -33,6 +33,7 @@ TINY = [
         (["model=cnn", "model.kernel_size=0"], "model.kernel_size=0 must be an integer >= 1"),
         (["train.momentum=5"], "train.momentum=5.0 must be in [0, 1)"),
         (["task.path=/tmp/pool.npz"], "task.path='/tmp/pool.npz' is only read by task=file"),
+        (["task.mixture={clean:0.5}"], "To append to your config use +task.mixture={clean:0.5}"),
     ],
 )
 def test_bad_input_gives_one_line(capsys, overrides, expected):
