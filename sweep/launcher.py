@@ -148,6 +148,10 @@ def ray_session(experiment: Experiment) -> Iterator[None]:
             dashboard_host="127.0.0.1",
             _node_ip_address="127.0.0.1",
             configure_logging=False,
+            # By default `ray.init` starts one idle worker per CPU and waits for them. Trials run in
+            # actors, which get workers of their own, so these workers only take CPU at the start:
+            # about 1 to 3 s of `ray.init` on a busy 2-CPU machine. Baseline tasks start workers as needed.
+            _system_config={"prestart_worker_first_driver": False},
         )
         logger.info("Started embedded Ray on 127.0.0.1 with %s", ray.cluster_resources())
     else:
@@ -255,9 +259,13 @@ def _build_tuner(experiment: Experiment, trainable: Any, resume: bool, callbacks
     # The trial table replaces Tune's own console output, whose header names a TensorBoard folder
     # under /tmp/ray that the analysis store does not use; verbose=0 silences it only in this mode.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Tune's TensorBoard logger warns on every NaN metric, and GSNR is NaN until its first measurement.
-    logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
-    if resume and tune.Tuner.can_restore(str(experiment.tune_path.resolve())):
+    restoring = resume and tune.Tuner.can_restore(str(experiment.tune_path.resolve()))
+    # Tune's own TensorBoard logger would repeat, on the driver and for every result, what the
+    # analysis callback already writes to <experiment>/tensorboard. So a new sweep gets only the
+    # JSON and CSV loggers (added in `_run_config`), which Tune's results and `ExperimentAnalysis` read.
+    # A restored sweep keeps Tune's default loggers, because its saved callbacks may lack those two.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "0" if restoring else "1"
+    if restoring:
         logger.info("Resuming the sweep in %s", experiment.tune_path)
         if callbacks:
             # NOTE: Tuner.restore takes its callbacks from the saved experiment state, so callbacks
@@ -286,6 +294,7 @@ def _tune_config(experiment: Experiment) -> Any:
 
 def _run_config(experiment: Experiment, callbacks: tuple[Any, ...]) -> Any:
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from sweep.analysis.callback import AnalysisCallback
     from sweep.progress import TrialTable
@@ -299,7 +308,7 @@ def _run_config(experiment: Experiment, callbacks: tuple[Any, ...]) -> Any:
         storage_path=str(experiment.path.resolve()),
         failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        callbacks=[table, *extra, *callbacks],
+        callbacks=[table, JsonLoggerCallback(), CSVLoggerCallback(), *extra, *callbacks],
         verbose=0,
     )
 

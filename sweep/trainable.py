@@ -2,8 +2,16 @@
 
 The trial's config is the flat dict the searcher drew (`{"pool.batch_size": 64, ...}`), applied on
 the sweep's base run config. Every epoch the trial reports the trainer's `EpochReport` (accuracy,
-gain over the uniform baseline, GSNR, noise scale, weight statistics, throughput) and saves the
-trainer's full state as a Tune checkpoint, so a retried trial continues from its last epoch.
+gain over the uniform baseline, GSNR, noise scale, weight statistics, throughput). It saves the
+trainer's full state as a Tune checkpoint after its first epoch, then whenever `checkpoint_every_s`
+seconds have passed since the last one, and after its last epoch, so a retried trial continues from
+its last checkpoint and a resumed sweep does not rerun a finished trial.
+
+The trainer runs in a thread of its own and hands each epoch to the thread that reports to Tune.
+That is because `tune.report` in a function trainable blocks until the driver has processed the
+result (callbacks, searcher, checkpoint registration) and asked for the next one. On a busy 2-CPU
+machine that round trip took about 60 ms per epoch, time in which a trainer in the same thread
+would wait instead of training.
 
 A trial whose loss becomes NaN or infinite sends a last report with `diverged=True` and returns
 normally. Because it does not raise, Tune does not retry it, and the sweep goes on.
@@ -15,7 +23,10 @@ import dataclasses
 import logging
 import math
 import os
+import queue
+import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
@@ -29,6 +40,12 @@ from sweep.search_space import to_plain
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "trainer.pt"
+# Seconds of training between two checkpoints of a trial (the first and last epoch always get one).
+# Each checkpoint costs the trial a copy into the experiment folder and a second round trip to the
+# driver, and the driver a save of Tune's experiment state, so checkpointing every short epoch adds up.
+CHECKPOINT_EVERY_S = 10.0
+# Epochs the trainer may run ahead of the reports Tune has taken; a stopped trial wastes at most these.
+EPOCHS_AHEAD = 2
 
 
 class TrialRunner(Protocol):
@@ -57,6 +74,7 @@ class TrialContext:
     references: dict[str, dict[str, float]]  # baseline key -> {"val_acc", "test_acc"}
     threads: int  # torch threads per trial, from sweep.cpus_per_trial
     trainer_factory: Optional[TrainerFactory] = None  # None: `mts.Trainer`; tests pass small fakes
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S  # seconds between checkpoints; 0 checkpoints every epoch
 
 
 def trial_config(context: TrialContext, params: dict[str, Any]) -> RunConfig:
@@ -76,11 +94,11 @@ def trial_reference(context: TrialContext, params: dict[str, Any]) -> Reference:
 
 
 def train_trial(params: dict[str, Any], context: TrialContext) -> None:
-    """Train one trial to the end, reporting and checkpointing every epoch (a Tune function trainable)."""
+    """Train one trial to the end, reporting every epoch and checkpointing (a Tune function trainable)."""
     from ray import tune
 
     started_at = time.time()
-    # Ray logs one INFO line per saved checkpoint, that is one per epoch of every trial.
+    # Ray logs one INFO line per saved checkpoint.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     config = trial_config(context, params)
     runner = (context.trainer_factory or default_trainer)(config, trial_reference(context, params))
@@ -91,13 +109,112 @@ def train_trial(params: dict[str, Any], context: TrialContext) -> None:
         logger.info("Trial resumed from its checkpoint at epoch %s", getattr(runner, "epoch", "?"))
 
     last: dict[str, Any] | None = None
-    try:
-        for report in runner:
-            last = epoch_metrics(report, config.train.epochs, started_at)
-            _report_with_checkpoint(runner, last)
-    except DivergenceError as err:
-        logger.warning("Trial diverged at epoch %d, step %d: %s", err.epoch, err.step, err)
-        tune.report(diverged_metrics(last, err, config.train.epochs, started_at))
+    with BackgroundTraining(runner, config.train.epochs, started_at, context.checkpoint_every_s) as training:
+        for metrics, folder in training.epochs():
+            last = metrics
+            _report(metrics, folder)
+        if training.divergence is not None:
+            err = training.divergence
+            logger.warning("Trial diverged at epoch %d, step %d: %s", err.epoch, err.step, err)
+            tune.report(diverged_metrics(last, err, config.train.epochs, started_at))
+
+
+class BackgroundTraining:
+    """Run a trainer in a thread of its own and hand each epoch's metrics (and checkpoint) over.
+
+    `epochs()` yields `(metrics, checkpoint folder or None)` in order. A `DivergenceError` ends the
+    epochs and is kept in `divergence`. Any other error of the trainer is raised from `epochs()`,
+    so that Tune retries the trial. Leaving the `with` block (also when Tune stops the trial from
+    inside `tune.report`) stops the trainer after its current epoch and waits for it, so that a
+    reused actor never runs two trainers at once.
+    """
+
+    def __init__(self, runner: TrialRunner, epochs: int, started_at: float, checkpoint_every_s: float) -> None:
+        self.runner = runner
+        self.total_epochs = epochs
+        self.started_at = started_at
+        self.checkpoint_every_s = checkpoint_every_s
+        self.divergence: Optional[DivergenceError] = None
+        self._queue: queue.Queue[tuple[str, Any, Optional[str]]] = queue.Queue(maxsize=EPOCHS_AHEAD)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._train, name="mtsweep-trainer", daemon=True)
+
+    def __enter__(self) -> "BackgroundTraining":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._discard_queued()
+
+    def epochs(self) -> Any:
+        """Yield each epoch's metrics and checkpoint folder until the trainer ends."""
+        while True:
+            kind, payload, folder = self._queue.get()
+            if kind == "epoch":
+                yield payload, folder
+            elif kind == "diverged":
+                self.divergence = payload
+                return
+            elif kind == "error":
+                raise payload
+            else:
+                return
+
+    def _train(self) -> None:
+        """Train every epoch, snapshot the due checkpoints and queue the results (the trainer thread)."""
+        last_checkpoint_at: Optional[float] = None
+        try:
+            for report in self.runner:
+                metrics = epoch_metrics(report, self.total_epochs, self.started_at)
+                folder = None
+                if self._checkpoint_due(report.epoch, last_checkpoint_at):
+                    folder = self._snapshot()
+                    last_checkpoint_at = time.monotonic()
+                if not self._put(("epoch", metrics, folder)):
+                    return
+        except DivergenceError as err:
+            self._put(("diverged", err, None))
+            return
+        except BaseException as err:  # noqa: BLE001 - handed to the reporting thread, which raises it for Tune
+            self._put(("error", err, None))
+            return
+        self._put(("done", None, None))
+
+    def _checkpoint_due(self, epoch: int, last_checkpoint_at: Optional[float]) -> bool:
+        """Checkpoint the first epoch of an attempt, the last epoch, and then every `checkpoint_every_s`."""
+        if last_checkpoint_at is None or epoch >= self.total_epochs:
+            return True
+        return time.monotonic() - last_checkpoint_at >= self.checkpoint_every_s
+
+    def _snapshot(self) -> str:
+        """Save the trainer's state now, before it trains on, into a new temporary folder."""
+        folder = tempfile.mkdtemp(prefix="mtsweep-trial-")
+        self.runner.save(Path(folder) / CHECKPOINT_FILE)
+        return folder
+
+    def _put(self, item: tuple[str, Any, Optional[str]]) -> bool:
+        """Queue `item` unless the trial is being stopped; return whether it was queued."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        if item[2] is not None:
+            shutil.rmtree(item[2], ignore_errors=True)
+        return False
+
+    def _discard_queued(self) -> None:
+        """Remove the checkpoint folders of epochs that were never reported (a stopped trial)."""
+        while True:
+            try:
+                _, _, folder = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def epoch_metrics(report: EpochReport, epochs: int, started_at: float) -> dict[str, Any]:
@@ -131,10 +248,14 @@ def diverged_metrics(last: dict[str, Any] | None, err: DivergenceError, epochs: 
     return metrics
 
 
-def _report_with_checkpoint(runner: TrialRunner, metrics: dict[str, Any]) -> None:
+def _report(metrics: dict[str, Any], folder: Optional[str]) -> None:
+    """Report one epoch to Tune, with the checkpoint in `folder` if there is one, then remove the folder."""
     from ray import tune
 
-    with tempfile.TemporaryDirectory(prefix="mtsweep-trial-") as folder:
-        runner.save(Path(folder) / CHECKPOINT_FILE)
+    if folder is None:
+        tune.report(metrics)
+        return
+    try:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
-
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
