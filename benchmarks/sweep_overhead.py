@@ -54,6 +54,7 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.results import append_result, markdown_table  # noqa: E402
+from mts.config import GSNRConfig  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -351,7 +352,7 @@ def notes(plan: Plan, mtsweep: list[Run], optuna: list[Run], loads: list[tuple[f
     walls = ", ".join(f"{MTSWEEP} {m.wall_s:.1f} s / optuna {o.wall_s:.1f} s" for m, o in zip(mtsweep, optuna))
     load = ", ".join(f"{minute:.2f}" for minute, *_ in loads)
     return (
-        f"{plan.trials} MTS trials of {plan.epochs} epochs on mnist1d_shift (default pool, pool batch 512, GSNR every 10 "
+        f"{plan.trials} MTS trials of {plan.epochs} epochs on mnist1d_shift (default pool, pool batch 512, GSNR every {GSNRConfig().every_epochs} "
         f"epochs), 1 torch thread per trial, 2 at once, `mts.lr` drawn by TPE; each side ran {len(mtsweep)} time(s), in the "
         f"order optuna, mtsweep{', mtsweep, optuna' if len(mtsweep) > 1 else ''}, and the table shows means (whole walls per "
         f"run: {walls}). mtsweep: `mtsweep launch` on embedded Ray with 2 CPUs, a report every epoch, checkpoints, SQLite "
