@@ -98,8 +98,8 @@ class Trainer:
         self.best_val_acc = -1.0
         self.best_test_acc = float("nan")
         self.best_model_state = copy.deepcopy(self.model.state_dict())
-        # Raw weight of every pool sample in the last epoch (NaN where a sample was not trained on),
-        # for inspecting what a method keeps; like the AUC, it reads no quality tag.
+        # Raw weight of every pool sample in the last epoch, NaN where a sample was not trained on.
+        # It shows what a method keeps. Like the AUC, it reads no quality tag.
         self.epoch_weights = torch.full((len(self.pool),), float("nan"))
         self.last_gsnr = {
             "gsnr": math.nan, "gsnr_pooled": math.nan, "gsnr_per_sample": math.nan, "noise_scale": math.nan, "gsnr_epoch": 0,
