@@ -225,6 +225,8 @@ def _choice_problems(config: LaunchConfig) -> list[str]:
     ):
         if value not in allowed:
             problems.append(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+    if sweep.metric2 is None and sweep.mode2 != "min":
+        problems.append(f"sweep.mode2={sweep.mode2!r} is set without sweep.metric2, so it would be ignored; set sweep.metric2 or drop sweep.mode2")
     if sweep.metric2 is not None and sweep.metric2 not in OBJECTIVES:
         problems.append(f"sweep.metric2={sweep.metric2!r} is not allowed; choose one of: {', '.join(OBJECTIVES)}")
     return problems

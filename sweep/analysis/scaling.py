@@ -197,7 +197,11 @@ def scaling_points(trials: list[dict[str, Any]], x_key: str, notes: list[str]) -
             continue
         groups.setdefault(x, []).append(trial)
     if trials and not groups:
-        notes.append(f"no finished trial has a numeric {x_key}; choose another key with --x")
+        # Checked before any report is written, so a wrong --x leaves the last good report in place.
+        raise AnalysisError(
+            f"--x {x_key} has no numeric value in any finished trial; choose a numeric parameter, "
+            "e.g. --x pool.batch_size, --x mts.lr or --x seed"
+        )
     points = []
     for x in sorted(groups):
         members = groups[x]

@@ -41,6 +41,7 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
         (["cluster.address=ray://head:10001"], "is set with cluster=local; use cluster=remote"),
         (["storage.url=not-a-url"], "storage.url='not-a-url' is not an SQLAlchemy URL"),
         (["train.lr=-1"], "train.lr=-1.0 must be > 0"),
+        (["sweep.mode2=max"], "sweep.mode2='max' is set without sweep.metric2"),
         (["sweep.name=../outside"], "sweep.name='../outside' is not a plain folder name"),
         (["sweep.name=a/b"], "sweep.name='a/b' is not a plain folder name"),
         (["search_space=nope"], "search_space='nope' is neither a bundled search space nor an existing .yaml file"),

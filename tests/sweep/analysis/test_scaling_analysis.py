@@ -150,3 +150,17 @@ def test_analyze_float_key_skips_tensorboard(tmp_path: Path) -> None:
     # The noise scale is a batch size: it predicts nothing about a learning rate.
     assert result.predicted_x is None
     assert "noise scale" not in report.read_text()
+
+
+def test_analyze_non_numeric_key_rejected(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path, "features", searched=["mts.features"])
+    store = AnalysisStore(f"sqlite:///{folder / 'sweep.db'}")
+    experiment_id = store.ensure_experiment("features", None, "val_gain", "max", ["mts.features"])
+    for index, features in enumerate((["loss"], ["loss", "class"])):
+        store.start_trial(experiment_id, f"t{index}", {"mts.features": features})
+        store.write_report(experiment_id, f"t{index}", 1, epoch_result(1, 0.01 * index, epochs=1))
+        store.end_trial(experiment_id, f"t{index}", "finished")
+    store.close()
+    with pytest.raises(AnalysisError, match="--x mts.features has no numeric value"):
+        analyze_experiment(open_folder(folder), x_key="mts.features")
+    assert not (folder / "analysis" / "report.md").exists()
