@@ -35,18 +35,20 @@ def _run(args: argparse.Namespace) -> int:
 
 def _launch(args: argparse.Namespace) -> int:
     from sweep.launch_config import load_launch_config
-    from sweep.launcher import create_experiment, run_sweep
+    from sweep.launcher import check_cluster_reachable, create_experiment, run_sweep
 
     config, space = load_launch_config(args.overrides)
+    check_cluster_reachable(config)
     experiment = create_experiment(config, space)
     print(f"experiment folder: {experiment.path}", flush=True)
     return _report(run_sweep(experiment))
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from sweep.launcher import open_experiment, run_sweep
+    from sweep.launcher import check_cluster_reachable, open_experiment, run_sweep
 
     experiment = open_experiment(args.experiment)
+    check_cluster_reachable(experiment.config)
     print(f"experiment folder: {experiment.path}", flush=True)
     return _report(run_sweep(experiment, resume=True))
 

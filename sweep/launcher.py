@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import math
 import os
+import socket
 import sys
 import time
 from collections import Counter
@@ -155,12 +156,48 @@ def ray_session(experiment: Experiment) -> Iterator[None]:
         )
         logger.info("Started embedded Ray on 127.0.0.1 with %s", ray.cluster_resources())
     else:
-        ray.init(address=cluster.address, configure_logging=False)
+        try:
+            ray.init(address=cluster.address, configure_logging=False)
+        except (ConnectionError, RuntimeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise SweepError(
+                f"could not connect to the Ray cluster at {cluster.address}: {first}; if the cluster uses token "
+                f"authentication, set RAY_AUTH_MODE=token, then continue with `mtsweep resume {experiment.path}`"
+            ) from None
         logger.info("Connected to the Ray cluster at %s: %s", cluster.address, ray.cluster_resources())
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def check_cluster_reachable(config: LaunchConfig, timeout_s: float = 3.0) -> None:
+    """Raise `SweepError` when nothing accepts a connection at `cluster.address` (cluster=remote only).
+
+    `ray.init` retries an address where nothing listens for minutes, printing a warning a second,
+    so a typo in the address or a cluster that is not running is reported here first, in one line
+    and before the experiment folder is created.
+    """
+    cluster = config.cluster
+    if cluster.mode != "remote" or not cluster.address or cluster.address == "auto":
+        return
+    host, port = _host_and_port(cluster.address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise SweepError(
+            f"cluster.address={cluster.address!r}: nothing accepts connections at {host}:{port} ({err.strerror or err}); "
+            "start the cluster (e.g. cluster/local_cluster.sh start) or correct the address"
+        ) from None
+
+
+def _host_and_port(address: str) -> tuple[str, int]:
+    """Return host and port of `host:port` or `ray://host:port`; Ray's defaults when the port is left out."""
+    scheme, _, rest = address.rpartition("://")
+    host, _, port = rest.partition(":")
+    default = 10001 if scheme == "ray" else 6379
+    return host, int(port) if port.isdigit() else default
 
 
 def _is_loopback(address: str) -> bool:

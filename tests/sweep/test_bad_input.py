@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,16 @@ def test_cmaes_needs_its_package(capsys: pytest.CaptureFixture[str], no_ray: Non
     else:
         with pytest.raises(AssertionError, match="went past validation"):
             main(["launch", "search_space=smoke", "sweep.searcher=cmaes"])
+
+
+def test_unreachable_cluster_one_line(no_ray: None, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # The port was free a moment ago and nothing listens on it now.
+    overrides = ["search_space=smoke", "cluster=remote", f"cluster.address=127.0.0.1:{port}", f"sweep.root={tmp_path / 'runs'}"]
+    assert main(["launch", *overrides]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"nothing accepts connections at 127.0.0.1:{port}" in lines[0]
+    assert not (tmp_path / "runs").exists()
