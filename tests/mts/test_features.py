@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from small_runs import make_small
 
 from mts import ConfigError, RunConfig, Trainer
 from mts.config import TaskConfig
@@ -33,18 +34,8 @@ SMALL_TASK = TaskConfig(name="mnist1d_shift", pool_size=600, meta_size=40, val_s
 def small_config(features: list[str], cache_dir: str, **changes: object) -> RunConfig:
     config = RunConfig(method="mts", task=dataclasses.replace(SMALL_TASK, cache_dir=cache_dir))
     config.mts.features = list(features)
-    config.pool.batch_size = 128
-    config.mts.meta_batch_size = 32
     config.mts.feature_warmup_epochs = 2
-    config.train.epochs = 2
-    config.train.threads = 1
-    config.gsnr.every_epochs = 1
-    config.gsnr.draws = 4
-    config.gsnr.per_sample_batch = 32
-    for key, value in changes.items():
-        section, name = key.split("__")
-        setattr(getattr(config, section), name, value)
-    return config
+    return make_small(config, **changes)
 
 
 @pytest.fixture(scope="module", autouse=True)

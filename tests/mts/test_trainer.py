@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 import pytest
+from small_runs import make_small
 
 from mts import ConfigError, DivergenceError, Reference, RunConfig, Trainer
 from mts.config import METHODS, TaskConfig
@@ -20,17 +21,7 @@ TIMING_FIELDS = ("samples_per_sec", "wall_time")
 
 def small_config(method: str, task: str = "mnist1d_shift", **changes) -> RunConfig:
     config = RunConfig(method=method, task=dataclasses.replace(SMALL_TASKS[task]))
-    config.pool.batch_size = 128
-    config.mts.meta_batch_size = 32
-    config.train.epochs = 2
-    config.train.threads = 1
-    config.gsnr.every_epochs = 1
-    config.gsnr.draws = 4
-    config.gsnr.per_sample_batch = 32
-    for key, value in changes.items():
-        section, name = key.split("__")
-        setattr(getattr(config, section), name, value)
-    return config
+    return make_small(config, **changes)
 
 
 @pytest.fixture(scope="module")
