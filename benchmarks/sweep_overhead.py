@@ -155,7 +155,7 @@ def store_baseline(plan: Plan) -> None:
     """Train the uniform baseline of the sweep and store it where `mtsweep launch` looks it up."""
     import sqlalchemy as sa
 
-    from sweep.baselines import baseline_identity, baseline_key, baselines_table, create_tables, train_baseline
+    from sweep.baselines import baseline_key, create_tables, save_baseline, train_baseline
     from sweep.launch_config import baseline_config, load_launch_config
 
     config, space = load_launch_config(plan.launch_overrides() + [f"storage.url={plan.database_url}"])
@@ -164,18 +164,7 @@ def store_baseline(plan: Plan) -> None:
     for combination in space.baseline_combinations():
         baseline = baseline_config(config, combination, int(config.baseline_batch_size or config.pool.batch_size))
         baseline.train.threads = 1
-        result = train_baseline(dataclasses.asdict(baseline))
-        row = {
-            "key": baseline_key(baseline),
-            "config_json": json.dumps(baseline_identity(baseline), sort_keys=True),
-            "val_acc": result["val_acc"],
-            "test_acc": result["test_acc"],
-            "best_epoch": int(result["best_epoch"]),
-            "wall_time": result["wall_time"],
-            "created_at": time.time(),
-        }
-        with engine.begin() as connection:
-            connection.execute(sa.insert(baselines_table).values(**row))
+        save_baseline(engine, baseline_key(baseline), baseline, train_baseline(dataclasses.asdict(baseline)))
     engine.dispose()
 
 

@@ -116,7 +116,7 @@ def _train_missing(config: LaunchConfig, missing: dict[str, RunConfig], engine: 
                 f"uniform baseline (task {identity['task']['name']}, seed {identity['seed']}) failed: "
                 f"{str(err.cause).splitlines()[0] if err.cause else err}; fix the base config and launch again"
             ) from err
-        _store(engine, key, missing[key], result)
+        save_baseline(engine, key, missing[key], result)
         logger.info(
             "Baseline trained: task %s, seed %d: val_acc=%.4f test_acc=%.4f (%.1f s)",
             missing[key].task.name, missing[key].seed, result["val_acc"], result["test_acc"], result["wall_time"],
@@ -139,7 +139,8 @@ def train_baseline(config_dict: dict[str, Any]) -> dict[str, float]:
     return {"val_acc": last.best_val_acc, "test_acc": last.best_test_acc, "best_epoch": last.best_epoch, "wall_time": last.wall_time}
 
 
-def _store(engine: sa.Engine, key: str, config: RunConfig, result: dict[str, float]) -> None:
+def save_baseline(engine: sa.Engine, key: str, config: RunConfig, result: dict[str, float]) -> None:
+    """Store one trained baseline under `key`, unless a concurrent launcher stored it first."""
     row = {
         "key": key,
         "config_json": json.dumps(baseline_identity(config), sort_keys=True),
