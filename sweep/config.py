@@ -152,7 +152,7 @@ def _first_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     if not lines:
         return type(err).__name__
-    # Hydra refuses `task.mixture={...}` on an empty dict node and says on its second line to
-    # write `+task.mixture={...}`; that hint is the fix, so it stays in the one-line message.
+    # Hydra rejects `task.mixture={...}` on an empty dict node, and the second line of its message
+    # gives the fix (`+task.mixture={...}`), so that line is kept in the one-line message.
     hints = [line for line in lines[1:] if line.startswith("To append to your config use")]
     return "; ".join([lines[0].rstrip("."), *hints]) if hints else lines[0]

@@ -174,9 +174,8 @@ def ray_session(experiment: Experiment) -> Iterator[None]:
 def check_cluster_reachable(config: LaunchConfig, timeout_s: float = 3.0) -> None:
     """Raise `SweepError` when nothing accepts a connection at `cluster.address` (cluster=remote only).
 
-    `ray.init` retries an address where nothing listens for minutes, printing a warning a second,
-    so a typo in the address or a cluster that is not running is reported here first, in one line
-    and before the experiment folder is created.
+    `ray.init` retries such an address for minutes and keeps printing warnings. This check
+    reports a mistyped address or a stopped cluster in one line, before the experiment folder exists.
     """
     cluster = config.cluster
     if cluster.mode != "remote" or not cluster.address or cluster.address == "auto":
