@@ -4,15 +4,15 @@
     python benchmarks/source_alignment.py --quick    # mnist1d_shift, 5 epochs, seed 0, for a smoke check
 
 The meta-gradient of MTS raises the weight of pool sample i when its alignment
-`a_i = <grad L_meta, grad l_i>` is above the weighted batch mean (METHOD.md, normalized weights).
-So whatever meta-network reads the features, the weights it learns can rank samples only as well
+`a_i = <grad L_meta, grad l_i>` is above the weighted batch mean, because the weights are
+normalized per batch. So whatever meta-network reads the features, the weights it learns can rank samples only as well
 as `a_i` ranks them. This script trains a classifier with `uniform`, `oracle` and `mts` (all
 feature groups, pool batch 512), and at chosen epochs computes `a_i` for a fixed random probe of
 pool samples with `torch.func.vmap`. For each epoch it reports:
 
 - `sample AUC`: the AUC of `a_i` for faithful against harmful samples of the probe;
 - `source AUC`: the same when each sample's `a_i` is replaced by its source's mean, which is what
-  a meta-network that sees only the `source` group could learn at best;
+  a meta-network that reads only the `source` group could learn at best;
 - per source, the mean `a_i` relative to the probe's mean, in units of the probe's mean `|a_i|`:
   positive means that a one-step look-ahead asks for more weight on that source.
 

@@ -115,7 +115,16 @@ SEARCH_EFFICIENCY = ScriptSpec("search_efficiency.py", (SectionSpec("Search effi
     ),
 )),))
 
-SCRIPTS = [MTS_GAIN, STEP_COST, GSNR_COST, FEATURE_COST, FEATURE_QUALITY, ANALYSIS_SPEED, SEARCH_EFFICIENCY]
+MNIST1D_SOURCES = ("clean (faithful)", "noisy (harmful)", "scaled (faithful)", "translated (harmful)", "sheared (faithful)",
+                   "dilated (harmful)", "mislabeled (harmful)")
+SOURCE_ALIGNMENT = ScriptSpec("source_alignment.py", (SectionSpec("One-step alignment with the meta loss, per pool source", (
+    TableSpec(
+        ("method", "epoch", "val acc", "sample AUC", "source AUC", *MNIST1D_SOURCES),
+        numbers=("epoch", "val acc", "sample AUC", "source AUC", *MNIST1D_SOURCES),
+    ),
+)),))
+
+SCRIPTS = [MTS_GAIN, STEP_COST, GSNR_COST, FEATURE_COST, FEATURE_QUALITY, ANALYSIS_SPEED, SEARCH_EFFICIENCY, SOURCE_ALIGNMENT]
 
 
 # Parsing the results file ---------------------------------------------------------------------
