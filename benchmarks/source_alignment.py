@@ -6,9 +6,9 @@
 The meta-gradient of MTS raises the weight of pool sample i when its alignment
 `a_i = <grad L_meta, grad l_i>` is above the weighted batch mean, because the weights are
 normalized per batch. A meta-network learns `a_i` averaged over samples whose features look alike:
-per source for the `source` group alone, nearly per sample with many online columns. This script trains a classifier with `uniform`, `oracle` and `mts` (all
-feature groups, pool batch 512), and at chosen epochs computes `a_i` for a fixed random probe of
-pool samples with `torch.func.vmap`. For each epoch it reports:
+per source for the `source` group alone, nearly per sample with many online columns. This script
+trains a classifier with `uniform`, `oracle` and `mts` (all feature groups, pool batch 512), and at
+chosen epochs computes `a_i` for a fixed random probe of pool samples with `torch.func.vmap`. For each epoch it reports:
 
 - `sample AUC`: the AUC of `a_i` for faithful against harmful samples of the probe;
 - `source AUC`: the same when each sample's `a_i` is replaced by its source's mean, which is what
