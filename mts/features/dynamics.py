@@ -39,15 +39,22 @@ class DynamicsFeature(FeatureGroup):
     width = 6
 
     def __init__(self) -> None:
-        self.buffers: dict[str, torch.Tensor] = {}
+        # One row per pool sample and one column per name in _BUFFERS, so that a batch reads and
+        # writes all of its statistics with one gather and one scatter.
+        self.table = torch.zeros(0, len(_BUFFERS), dtype=torch.float64)
+
+    @property
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """Each statistic by name, as a view of one column of the table."""
+        return {name: self.table[:, column] for column, name in enumerate(_BUFFERS)}
 
     def prepare(self, context: FeatureContext) -> None:
         self.allocate(len(context.pool))
 
     def allocate(self, pool_size: int) -> None:
         """Create zeroed buffers for `pool_size` samples; `last_correct` is -1 before any visit."""
-        self.buffers = {name: torch.zeros(pool_size, dtype=torch.float64) for name in _BUFFERS}
-        self.buffers["last_correct"].fill_(-1.0)
+        self.table = torch.zeros(pool_size, len(_BUFFERS), dtype=torch.float64)
+        self.table[:, _BUFFERS.index("last_correct")] = -1.0
 
     def observe(self, batch: FeatureBatch) -> None:
         self._check_prepared()
@@ -57,34 +64,39 @@ class DynamicsFeature(FeatureGroup):
         correct = (logits.argmax(dim=1) == y).double()
         label_logit = logits.gather(1, y.unsqueeze(1)).squeeze(1)
         other_logit = logits.scatter(1, y.unsqueeze(1), float("-inf")).max(dim=1).values
-
-        b = self.buffers
-        first_visit = b["visits"][index] == 0
-        forgotten = (b["last_correct"][index] == 1.0) & (correct == 0.0)
-        b["visits"][index] += 1
-        b["prob_sum"][index] += label_prob
-        b["prob_square_sum"][index] += label_prob**2
-        b["correct"][index] += correct
-        b["forgetting"][index] += forgotten.double()
-        b["last_correct"][index] = correct
-        b["margin_sum"][index] += label_logit - other_logit
         losses = batch.losses.detach().double()
-        previous = b["loss_ema"][index]
-        b["loss_ema"][index] = torch.where(first_visit, losses, LOSS_EMA_DECAY * previous + (1 - LOSS_EMA_DECAY) * losses)
+
+        # A batch contains each pool index at most once, so the scatter below writes every row once.
+        visits, prob_sum, prob_square_sum, correct_sum, forgetting, last_correct, margin_sum, loss_ema = (
+            self.table.index_select(0, index).unbind(1)
+        )
+        forgotten = (last_correct == 1.0) & (correct == 0.0)
+        updated = torch.stack(
+            [
+                visits + 1,
+                prob_sum + label_prob,
+                prob_square_sum + label_prob**2,
+                correct_sum + correct,
+                forgetting + forgotten.double(),
+                correct,
+                margin_sum + label_logit - other_logit,
+                torch.where(visits == 0, losses, LOSS_EMA_DECAY * loss_ema + (1 - LOSS_EMA_DECAY) * losses),
+            ],
+            dim=1,
+        )
+        self.table.index_copy_(0, index, updated)
 
     def raw_columns(self, index: torch.Tensor) -> torch.Tensor:
         """Return the (N, 6) unstandardized columns: mean and std of the label probability,
         fraction correct, forgetting events, area under the margin, loss EMA."""
         self._check_prepared()
-        b = {name: buffer[index] for name, buffer in self.buffers.items()}
-        visits = b["visits"].clamp_min(1.0)
-        mean_prob = b["prob_sum"] / visits
-        std_prob = (b["prob_square_sum"] / visits - mean_prob**2).clamp_min(0.0).sqrt()
-        columns = torch.stack(
-            [mean_prob, std_prob, b["correct"] / visits, b["forgetting"], b["margin_sum"] / visits, b["loss_ema"]],
-            dim=1,
+        visits, prob_sum, prob_square_sum, correct_sum, forgetting, _, margin_sum, loss_ema = (
+            self.table.index_select(0, index).unbind(1)
         )
-        return columns
+        visits = visits.clamp_min(1.0)
+        mean_prob = prob_sum / visits
+        std_prob = (prob_square_sum / visits - mean_prob**2).clamp_min(0.0).sqrt()
+        return torch.stack([mean_prob, std_prob, correct_sum / visits, forgetting, margin_sum / visits, loss_ema], dim=1)
 
     def compute(self, batch: FeatureBatch) -> torch.Tensor:
         return standardize_within_batch(self.raw_columns(batch.index)).float()
@@ -96,8 +108,8 @@ class DynamicsFeature(FeatureGroup):
         if not state:
             logger.warning("The run state has no dynamics buffers; the dynamics group starts from empty buffers")
             return
-        self.buffers = {name: state[name].clone().double() for name in _BUFFERS}
+        self.table = torch.stack([state[name].double() for name in _BUFFERS], dim=1).contiguous()
 
     def _check_prepared(self) -> None:
-        if not self.buffers:
+        if self.table.shape[0] == 0:
             raise RuntimeError("the dynamics feature group has no buffers; call Featurizer.prepare(context) first")

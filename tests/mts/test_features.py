@@ -15,7 +15,7 @@ from mts.config import TaskConfig
 from mts.features import FEATURE_GROUPS, FeatureBatch, FeatureContext, Featurizer, standardize_over_pool, standardize_within_batch
 from mts.features.confidence import confidence_columns
 from mts.features.dynamics import DynamicsFeature
-from mts.features.online_position import meta_cosine_columns
+from mts.features.online_position import meta_cosine_columns, top_k_mean
 from mts.features.position import (
     distance_percentile,
     domain_probability,
@@ -190,6 +190,13 @@ def test_meta_cosine_columns_known_vectors():
     columns = meta_cosine_columns(torch.tensor([[1.0, 0.0]]), meta, k=2)
     assert columns[0, 0].item() == pytest.approx((1.0 + 1 / math.sqrt(2)) / 2)
     assert columns[0, 1].item() == pytest.approx(1 / math.sqrt(2))
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 12])
+def test_top_k_mean_matches_torch_topk(k):
+    similarity = torch.randn(9, 7, generator=torch.Generator().manual_seed(k))
+    expected = similarity.topk(min(k, 7), dim=1).values.mean(dim=1)
+    assert torch.allclose(top_k_mean(similarity, k), expected, atol=1e-6)
 
 
 # Standardization -------------------------------------------------------------------------------
