@@ -30,6 +30,8 @@ def trial_status(tune_status: str, last_result: dict[str, Any] | None) -> str:
         return "stopped"  # ended before its first report, e.g. by Ctrl-C
     if result.get("diverged"):
         return "diverged"
+    if result.get("errored"):
+        return "errored"
     epoch, epochs = result.get("epoch"), result.get("epochs")
     if epoch is not None and epochs is not None and epoch < epochs:
         return "pruned"

@@ -14,7 +14,9 @@ machine that round trip took about 60 ms per epoch, time in which a trainer in t
 would wait instead of training.
 
 A trial whose loss becomes NaN or infinite sends a last report with `diverged=True` and returns
-normally. Because it does not raise, Tune does not retry it, and the sweep goes on.
+normally. Because it does not raise, Tune does not retry it, and the sweep goes on. A trial whose
+config or task is invalid (`ConfigError`, `TaskError`) does the same with `errored=True` and the
+error message, because a retry would fail the same way.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
-from mts import DivergenceError, EpochReport, Reference, RunConfig, Trainer
+from mts import ConfigError, DivergenceError, EpochReport, Reference, RunConfig, TaskError, Trainer
 from sweep.baselines import baseline_key
 from sweep.errors import SweepError
 from sweep.launch_config import OBJECTIVES, apply_params, baseline_config
@@ -46,6 +48,8 @@ CHECKPOINT_FILE = "trainer.pt"
 CHECKPOINT_EVERY_S = 10.0
 # Epochs the trainer may run ahead of the reports Tune has taken; a stopped trial wastes at most these.
 EPOCHS_AHEAD = 2
+# Errors that a retry of the same trial would raise again: they end the trial without a retry.
+INPUT_ERRORS = (ConfigError, TaskError)
 
 
 class TrialRunner(Protocol):
@@ -100,23 +104,29 @@ def train_trial(params: dict[str, Any], context: TrialContext) -> None:
     started_at = time.time()
     # Ray logs one INFO line per saved checkpoint.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    config = trial_config(context, params)
-    runner = (context.trainer_factory or default_trainer)(config, trial_reference(context, params))
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            runner.load(Path(folder) / CHECKPOINT_FILE)
-        logger.info("Trial resumed from its checkpoint at epoch %s", getattr(runner, "epoch", "?"))
-
     last: dict[str, Any] | None = None
-    with BackgroundTraining(runner, config.train.epochs, started_at, context.checkpoint_every_s) as training:
-        for metrics, folder in training.epochs():
-            last = metrics
-            _report(metrics, folder)
-        if training.divergence is not None:
-            err = training.divergence
-            logger.warning("Trial diverged at epoch %d, step %d: %s", err.epoch, err.step, err)
-            tune.report(diverged_metrics(last, err, config.train.epochs, started_at))
+    epochs = 0
+    try:
+        config = trial_config(context, params)
+        epochs = config.train.epochs
+        runner = (context.trainer_factory or default_trainer)(config, trial_reference(context, params))
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                runner.load(Path(folder) / CHECKPOINT_FILE)
+            logger.info("Trial resumed from its checkpoint at epoch %s", getattr(runner, "epoch", "?"))
+
+        with BackgroundTraining(runner, epochs, started_at, context.checkpoint_every_s) as training:
+            for metrics, folder in training.epochs():
+                last = metrics
+                _report(metrics, folder)
+            if training.divergence is not None:
+                err = training.divergence
+                logger.warning("Trial diverged at epoch %d, step %d: %s", err.epoch, err.step, err)
+                tune.report(diverged_metrics(last, err, epochs, started_at))
+    except INPUT_ERRORS as err:
+        logger.error("Trial with params %s has an invalid config or task, not retried: %s", params, err)
+        tune.report(errored_metrics(last, err, epochs, started_at))
 
 
 class BackgroundTraining:
@@ -240,6 +250,22 @@ def diverged_metrics(last: dict[str, Any] | None, err: DivergenceError, epochs: 
         status="diverged",
         diverged=True,
         divergence_step=err.step,
+        error=str(err),
+        trial_started_at=started_at,
+        reported_at=time.time(),
+        pid=os.getpid(),
+    )
+    return metrics
+
+
+def errored_metrics(last: dict[str, Any] | None, err: Exception, epochs: int, started_at: float) -> dict[str, Any]:
+    """Return the final result of a trial ended by an invalid config or task: the last metrics and the error."""
+    metrics: dict[str, Any] = dict(last) if last else {name: math.nan for name in OBJECTIVES}
+    metrics.update(
+        epoch=metrics.get("epoch", 0) if last else 0,
+        epochs=epochs,
+        status="errored",
+        errored=True,
         error=str(err),
         trial_started_at=started_at,
         reported_at=time.time(),

@@ -110,6 +110,9 @@ class AnalysisCallback(Callback):
         logs.start(trial.trial_id, {name: params[name] for name in self._hparam_names(params)})
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any) -> None:
+        if result.get("errored"):
+            # A trial with an invalid config or task has no epoch to store. on_trial_complete records its error.
+            return
         epoch = result.get("epoch", result.get("training_iteration"))
         if epoch is None:
             logger.warning("Trial %s reported a result without `epoch` or `training_iteration`; not stored", trial.trial_id)
@@ -132,7 +135,7 @@ class AnalysisCallback(Callback):
 
         store, experiment_id, logs = self._open()
         status = trial_status("TERMINATED", trial.last_result)
-        reason = (trial.last_result or {}).get("error") if status == "diverged" else None
+        reason = (trial.last_result or {}).get("error") if status in ("diverged", "errored") else None
         store.end_trial(experiment_id, trial.trial_id, status, failure_reason=reason, num_failures=trial.num_failures)
         logs.close(trial.trial_id)
 

@@ -2,6 +2,7 @@
 
 `FaultyTrainer` wraps the real trainer and injects a failure: an exception after every first epoch
 of an attempt, or NaN parameters so that the real trainer's own check raises `DivergenceError`.
+`FaultFactory` can also raise `ConfigError` instead of building a trainer, as an invalid config does.
 `ScriptedRunner` trains nothing: it yields reports whose validation accuracy is a function of the
 trial's meta learning rate, which makes the ASHA decisions predictable and the trials fast.
 """
@@ -17,7 +18,7 @@ from typing import Any, Iterator
 
 import torch
 
-from mts import EpochReport, Reference, RunConfig, Trainer
+from mts import ConfigError, EpochReport, Reference, RunConfig, Trainer
 
 
 class FaultyTrainer:
@@ -26,7 +27,7 @@ class FaultyTrainer:
     def __init__(self, config: RunConfig, reference: Reference, log_path: str, fault: str) -> None:
         self.trainer = Trainer(config, reference=reference)
         self.log_path = log_path
-        self.fault = fault  # "raise" | "nan" | "none"
+        self.fault = fault  # "raise", "nan" or "none" ("config" never gets here: FaultFactory raises it)
 
     @property
     def epoch(self) -> int:
@@ -60,7 +61,12 @@ class FaultFactory:
         self.faults = faults
 
     def __call__(self, config: RunConfig, reference: Reference) -> FaultyTrainer:
-        return FaultyTrainer(config, reference, self.log_path, self.faults.get(config.seed, "none"))
+        fault = self.faults.get(config.seed, "none")
+        if fault == "config":
+            with open(self.log_path, "a") as log:
+                log.write(json.dumps({"seed": config.seed, "start_epoch": None}) + "\n")
+            raise ConfigError(f"seed={config.seed} is an injected invalid value; allowed: any other seed")
+        return FaultyTrainer(config, reference, self.log_path, fault)
 
 
 class ScriptedRunner:

@@ -11,6 +11,7 @@ import yaml
 from fakes import FaultFactory, ScriptedFactory
 from sweep_results import load_study, read_results
 
+from sweep.analysis.store import AnalysisStore
 from sweep.launch_config import load_launch_config
 from sweep.launcher import create_experiment, run_sweep
 
@@ -33,18 +34,21 @@ def _space_file(folder: Path, params: dict, sweep: dict) -> Path:
 
 
 def test_errored_and_diverged_trials_recorded(ray_address: str, experiments: Path, tmp_path: Path) -> None:
-    space = _space_file(tmp_path, {"seed": {"choice": [0, 1, 2]}, "train.epochs": 3}, {"searcher": "grid", "num_samples": 3})
+    space = _space_file(tmp_path, {"seed": {"choice": [0, 1, 2, 3]}, "train.epochs": 3}, {"searcher": "grid", "num_samples": 4})
     config, space = load_launch_config([f"search_space={space}", f"sweep.root={experiments}", "sweep.name=faults", "sweep.max_failures=1"])
     log = tmp_path / "attempts.jsonl"
-    # Seed 0 raises after one epoch of every attempt; seed 1 gets NaN parameters after epoch 1.
-    summary = run_sweep(create_experiment(config, space), trainer_factory=FaultFactory(str(log), {0: "raise", 1: "nan"}))
+    # Seed 0 raises after one epoch of every attempt, and seed 1 gets NaN parameters after epoch 1.
+    # Seed 3 raises ConfigError before it trains.
+    factory = FaultFactory(str(log), {0: "raise", 1: "nan", 3: "config"})
+    summary = run_sweep(create_experiment(config, space), trainer_factory=factory)
 
-    assert summary.counts == {"errored": 1, "diverged": 1, "finished": 1}
+    assert summary.counts == {"errored": 2, "diverged": 1, "finished": 1}
     attempts = [json.loads(line) for line in log.read_text().splitlines()]
-    starts = {seed: [a["start_epoch"] for a in attempts if a["seed"] == seed] for seed in (0, 1, 2)}
+    starts = {seed: [a["start_epoch"] for a in attempts if a["seed"] == seed] for seed in (0, 1, 2, 3)}
     assert starts[0] == [0, 1]  # one retry (max_failures=1), resumed from the epoch-1 checkpoint
     assert starts[1] == [0]  # diverged trials are not retried
     assert starts[2] == [0]
+    assert starts[3] == [None]  # an invalid config is not retried either
 
     path = experiments / "faults"
     results = read_results(path)
@@ -53,9 +57,23 @@ def test_errored_and_diverged_trials_recorded(ray_address: str, experiments: Pat
     assert by_seed[1][-1]["status"] == "diverged"
     assert by_seed[1][-1]["epoch"] == 2
     assert [row["epoch"] for row in by_seed[2]] == [1, 2, 3]
+    assert by_seed[3][-1]["errored"] is True
+    assert "injected invalid value" in by_seed[3][-1]["error"]
 
     states = {trial.params["seed"]: (trial.state, trial.user_attrs["status"]) for trial in load_study(path, "faults").get_trials()}
-    assert states == {0: (FAIL, "errored"), 1: (FAIL, "diverged"), 2: (COMPLETE, "finished")}
+    assert states == {0: (FAIL, "errored"), 1: (FAIL, "diverged"), 2: (COMPLETE, "finished"), 3: (FAIL, "errored")}
+    # Each epoch of the finished trial reached Optuna once, at its epoch number.
+    finished = [trial for trial in load_study(path, "faults").get_trials() if trial.params["seed"] == 2]
+    assert sorted(finished[0].intermediate_values) == [1, 2, 3]
+
+    store = AnalysisStore(f"sqlite:///{path / 'sweep.db'}", create=False)
+    experiment = store.experiment("faults")
+    assert experiment is not None
+    stored = {trial["params"]["seed"]: trial for trial in store.trials(experiment.id)}
+    store.close()
+    assert stored[3]["status"] == "errored"
+    assert "injected invalid value" in stored[3]["failure_reason"]
+    assert stored[3]["num_reports"] in (0, None)
 
 
 def test_asha_stopped_trials_pruned_in_study(ray_address: str, experiments: Path, tmp_path: Path) -> None:
