@@ -9,6 +9,7 @@ states, so `SweepSearch` decides them itself when a Tune trial ends:
 | stopped early by the scheduler (ASHA) | PRUNED | pruned |
 | loss became NaN or infinite | FAIL | diverged |
 | raised after all retries | FAIL | errored |
+| invalid config or task (`errored=True`, not retried) | FAIL | errored |
 
 Every Optuna trial carries the Tune trial id in the user attr `tune_trial_id`. The study is named
 after the experiment and lives in its SQL database, so a resumed driver continues the same study.
@@ -109,6 +110,42 @@ class SweepSearch(OptunaSearch):
             self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
         return params
 
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Report the objective of each epoch once to Optuna, as the intermediate value at step `epoch`.
+
+        Ray's adapter reports at Tune's training iteration, so a resumed trial that trains again
+        from its last checkpoint reported its replayed epochs a second time and Optuna warned once
+        per epoch. The final result of a diverged or errored trial repeats the last epoch or has
+        no values, so it is not reported.
+        """
+        if isinstance(self.metric, list) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if result.get("diverged") or result.get("errored"):
+            return
+        value, epoch = result.get(self.metric), result.get("epoch")
+        if epoch is None or value is None or not math.isfinite(value):
+            return
+        ot_trial = self._ot_trials[trial_id]
+        reported = self._reported_epochs().get(trial_id)
+        if reported is None:
+            # This is the first result of the trial since this driver started, so read what an
+            # earlier driver reported.
+            frozen = self._storage.get_trial(self._storage_trial_id(ot_trial.number))
+            reported = self._reported_epochs()[trial_id] = set(frozen.intermediate_values)
+        if int(epoch) in reported:
+            return
+        ot_trial.report(float(value), int(epoch))
+        reported.add(int(epoch))
+
+    def _reported_epochs(self) -> dict[str, set[int]]:
+        """Return the epochs reported to Optuna per Tune trial id, created on first use.
+
+        A searcher restored from the state of an older version has no such attribute yet.
+        """
+        if not hasattr(self, "_reported_by_trial"):
+            self._reported_by_trial: dict[str, set[int]] = {}
+        return self._reported_by_trial
+
     def on_trial_complete(self, trial_id: str, result: Optional[dict[str, Any]] = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
@@ -129,6 +166,8 @@ class SweepSearch(OptunaSearch):
             return TrialState.FAIL, None, "not_started"
         if result.get("diverged"):
             return TrialState.FAIL, None, "diverged"
+        if result.get("errored"):
+            return TrialState.FAIL, None, "errored"
         epoch, epochs = result.get("epoch"), result.get("epochs")
         if epoch is not None and epochs is not None and epoch < epochs:
             return TrialState.PRUNED, None, "pruned"
@@ -149,6 +188,8 @@ class SweepSearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
+        # The saved epochs may miss reports made after the last save, so read them from the study.
+        self._reported_by_trial = {}
         self._fail_orphans()
 
     def _fail_orphans(self) -> None:
