@@ -45,6 +45,20 @@ def run_command(overrides: list[str], out: TextIO) -> int:
     print(f"output folder: {output_dir}", file=out)
 
     summary: dict[str, Any] = {"method": config.method, "task": config.task.name, "seed": config.seed}
+    try:
+        return _train_and_summarize(config, trainer, baseline, output_dir, summary, out)
+    except KeyboardInterrupt:
+        # Record why the folder has no finished run, so that the next run into it is rejected with that reason.
+        summary["status"] = "interrupted"
+        _write_json(output_dir / "summary.json", summary)
+        print(f"interrupted: the reports so far are in {output_dir}", file=out, flush=True)
+        raise
+
+
+def _train_and_summarize(
+    config: AppConfig, trainer: Trainer, baseline: Trainer | None, output_dir: Path, summary: dict[str, Any], out: TextIO
+) -> int:
+    """Train the baseline (if any) and the method, write summary.json and return the exit code."""
     reference = None
     if baseline is not None:
         print("baseline: uniform", file=out)
@@ -73,10 +87,23 @@ def _check_output_dir(output_dir: Path) -> None:
     """Reject an output folder that is a file or already contains a run, before anything is trained."""
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"output_dir={str(output_dir)!r} is a file, not a folder; choose a new folder")
-    if (output_dir / "reports.jsonl").exists():
+    if _recorded_status(output_dir / "summary.json") == "interrupted":
+        raise ConfigError(
+            f"output_dir={str(output_dir)!r} contains an interrupted run (summary.json); "
+            "choose a new folder, or delete it to train from the start"
+        )
+    if (output_dir / "reports.jsonl").exists() or (output_dir / "baseline_reports.jsonl").exists():
         raise ConfigError(
             f"output_dir={str(output_dir)!r} already contains a run (reports.jsonl); choose a new folder or delete it"
         )
+
+
+def _recorded_status(summary_path: Path) -> str | None:
+    """Return the `status` of a run's summary.json, or None when it is missing or unreadable."""
+    try:
+        return json.loads(summary_path.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def train(trainer: Trainer, reports_path: Path, out: TextIO) -> EpochReport | None:

@@ -9,6 +9,7 @@ import sys
 import pytest
 import yaml
 
+from mts import Trainer
 from sweep.cli import main
 
 TINY = [
@@ -93,6 +94,31 @@ def test_output_dir_with_run_rejected(tmp_path, capsys):
     assert code == 2
     assert "already contains a run" in err
     assert (output / "reports.jsonl").read_text() == "{}\n"
+
+
+def test_interrupted_run_recorded_and_rejected(tmp_path, capsys, monkeypatch):
+    output = tmp_path / "run"
+    original = Trainer.run_epoch
+
+    def interrupt_second_epoch(trainer):
+        if trainer.epoch == 1:
+            raise KeyboardInterrupt
+        return original(trainer)
+
+    monkeypatch.setattr(Trainer, "run_epoch", interrupt_second_epoch)
+    code = main(["run", *TINY, f"output_dir={output}"])
+    captured = capsys.readouterr()
+    assert code == 130
+    assert f"interrupted: the reports so far are in {output}" in captured.out
+    assert json.loads((output / "summary.json").read_text())["status"] == "interrupted"
+    reports = [json.loads(line) for line in (output / "reports.jsonl").read_text().splitlines()]
+    assert [report["epoch"] for report in reports] == [1]
+
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+    code = main(["run", *TINY, f"output_dir={output}"])
+    assert code == 2
+    assert "contains an interrupted run" in capsys.readouterr().err
+    assert len((output / "reports.jsonl").read_text().splitlines()) == 1
 
 
 def test_output_dir_that_is_file_rejected(tmp_path, capsys):
