@@ -15,7 +15,9 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import sys
+from pathlib import Path
 
 from sweep.analysis.folder import open_folder
 
@@ -82,13 +84,28 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
+def _tensorboard_executable() -> str:
+    """Return how to call this environment's `tensorboard` script from a shell.
+
+    The bare name when it is on PATH, else the script's full path next to the running Python (a
+    virtual environment that is not activated), else `python -m tensorboard.main`.
+    """
+    script = Path(sys.executable).parent / "tensorboard"
+    on_path = shutil.which("tensorboard")
+    if on_path is not None and (not script.exists() or Path(on_path).resolve() == script.resolve()):
+        return "tensorboard"
+    if script.exists():
+        return str(script)
+    return f"{shlex.quote(sys.executable)} -m tensorboard.main"
+
+
 def tensorboard_command(args: argparse.Namespace) -> int:
     from sweep.analysis.tensorboard import tensorboard_command as command_for
 
     folder = open_folder(args.experiment)
     command = command_for(folder.tensorboard_path, args.port)
     if not args.launch:
-        print(shlex.join(command))
+        print(shlex.join([_tensorboard_executable(), *command[1:]]))
         return 0
     logger.info("Starting %s", shlex.join(command))
     # Replace this process rather than wait on a child, so that a signal sent to `mtsweep

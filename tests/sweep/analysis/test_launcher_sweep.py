@@ -6,6 +6,8 @@ The trials run `ScriptedRunner` (no training) so that only the uniform baselines
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -59,4 +61,8 @@ def test_best_and_analyze_on_smoke(smoke: Path, capsys: pytest.CaptureFixture[st
     assert (smoke / "analysis" / "report.md").is_file()
     assert (smoke / "tensorboard" / "scaling").is_dir()
     assert run_cli(["tensorboard", str(smoke)]) == 0
-    assert capsys.readouterr().out.strip() == f"tensorboard --logdir {smoke / 'tensorboard'} --host 127.0.0.1"
+    printed = capsys.readouterr().out.strip()
+    assert printed.endswith(f" --logdir {smoke / 'tensorboard'} --host 127.0.0.1")
+    # The command must run from a shell whose PATH lacks the virtual environment's bin folder.
+    executable = shlex.split(printed)[0]
+    assert shutil.which(executable) is not None, printed
