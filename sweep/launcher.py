@@ -91,8 +91,8 @@ class SweepSummary:
 
     @property
     def unfinished(self) -> int:
-        """Trials still running or never started, as after Ctrl-C or a killed driver."""
-        return self.counts.get("running", 0) + self.counts.get("not started", 0)
+        """Trials interrupted, still running or never started, as after Ctrl-C or a killed driver."""
+        return sum(self.counts.get(status, 0) for status in ("interrupted", "running", "not started"))
 
 
 # Experiment folders ----------------------------------------------------------------------------
@@ -256,10 +256,67 @@ def run_sweep(
         engine.dispose()
         trainable = _build_trainable(experiment, references, trainer_factory)
         tuner = _build_tuner(experiment, trainable, resume, callbacks)
-        tuner.fit()
+        with _without_tuner_restore_hint():
+            tuner.fit()
+    mark_interrupted(experiment)
     summary = sweep_summary(experiment)
     logger.info("Sweep %s: %s", experiment.name, ", ".join(f"{count} {status}" for status, count in sorted(summary.counts.items())))
     return summary
+
+
+class _TunerRestoreHintFilter(logging.Filter):
+    """Drop Ray Tune's "Resume experiment with: Tuner.restore(...)" warning after Ctrl-C.
+
+    `mtsweep resume` is the way to continue a sweep; the CLI prints that command instead.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Experiment has been interrupted")
+
+
+@contextlib.contextmanager
+def _without_tuner_restore_hint() -> Iterator[None]:
+    tune_logger = logging.getLogger("ray.tune.tune")
+    hint_filter = _TunerRestoreHintFilter()
+    tune_logger.addFilter(hint_filter)
+    try:
+        yield
+    finally:
+        tune_logger.removeFilter(hint_filter)
+
+
+def mark_interrupted(experiment: Experiment) -> None:
+    """Mark the trials that were running when the driver stopped as `interrupted`.
+
+    They stay RUNNING in the Optuna study, so that `mtsweep resume` continues them. The user attr
+    `status` and the analysis store record `interrupted` until a resumed driver starts them again.
+    A killed driver cannot do this, so its trials stay `running`.
+    """
+    import optuna
+
+    from sweep.analysis.store import AnalysisStore
+    from sweep.searcher import STATUS, TUNE_TRIAL_ID
+
+    running = [trial for trial in study_trials(experiment) if trial.state == optuna.trial.TrialState.RUNNING]
+    running = [trial for trial in running if trial.user_attrs.get(STATUS) in (None, "running")]
+    if not running:
+        return
+    storage = optuna.storages.RDBStorage(experiment.database_url, engine_kwargs=_engine_options(experiment.database_url))
+    study_id = storage.get_study_id_from_name(experiment.name)
+    tune_ids = []
+    for trial in running:
+        storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number), STATUS, "interrupted")
+        tune_ids.append(trial.user_attrs.get(TUNE_TRIAL_ID))
+    store = AnalysisStore(experiment.database_url, create=False)
+    try:
+        record = store.experiment(experiment.name)
+        if record is not None:
+            for tune_id in tune_ids:
+                if tune_id:
+                    store.end_trial(record.id, tune_id, "interrupted")
+    finally:
+        store.close()
+    logger.info("Marked %d running trial(s) interrupted; `mtsweep resume %s` continues them", len(tune_ids), experiment.path)
 
 
 def _engine_options(url: str) -> dict[str, Any]:

@@ -46,33 +46,50 @@ class TrialTable(Callback):
         self.metric = metric
         self.interval_s = interval_s
         self._last_print = 0.0
+        # Trials that Tune ended itself. A trial that Tune marks TERMINATED without ending it this way
+        # was stopped by Ctrl-C, not pruned.
+        self._ended: set[str] = set()
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._ended.add(trial.trial_id)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._ended.add(trial.trial_id)
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if time.monotonic() - self._last_print >= self.interval_s:
             self.print_table(trials)
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
-        self.print_table(trials)
+        self.print_table(trials, final=True)
 
-    def print_table(self, trials: list[Any]) -> None:
+    def print_table(self, trials: list[Any], final: bool = False) -> None:
         self._last_print = time.monotonic()
         if trials:
-            print(format_table(trials, self.params, self.metric), file=sys.stdout, flush=True)
+            interrupted = {trial.trial_id for trial in trials if trial.status == "TERMINATED" and trial.trial_id not in self._ended} if final else set()
+            print(format_table(trials, self.params, self.metric, interrupted), file=sys.stdout, flush=True)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_last_print"] = 0.0
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_ended", set())
 
-def format_table(trials: list[Any], params: list[str], metric: str) -> str:
-    """Return the trial table as aligned text, with a count of trials per status above it."""
+
+def format_table(trials: list[Any], params: list[str], metric: str, interrupted: set[str] = frozenset()) -> str:
+    """Return the trial table as aligned text, with a count of trials per status above it.
+
+    `interrupted` names the trials that were running when the sweep was stopped.
+    """
     header = ["trial", "status", *params, "epoch", metric, "gsnr"]
     rows = []
     counts: dict[str, int] = {}
     for trial in trials:
         result = trial.last_result or {}
-        status = trial_status(trial.status, result)
+        status = "interrupted" if trial.trial_id in interrupted else trial_status(trial.status, result)
         counts[status] = counts.get(status, 0) + 1
         epoch = f"{result.get('epoch', '-')}/{result.get('epochs', '-')}" if result else "-"
         rows.append([trial.trial_id, status, *(_cell(trial.config.get(p)) for p in params), epoch, _cell(result.get(metric)), _cell(result.get("gsnr"))])

@@ -14,7 +14,8 @@ states, so `SweepSearch` decides them itself when a Tune trial ends:
 Every Optuna trial carries the Tune trial id in the user attr `tune_trial_id`. The study is named
 after the experiment and lives in its SQL database, so a resumed driver continues the same study.
 When the searcher is restored, Optuna trials that the killed driver had asked for but Tune never
-saved are marked FAIL with status `orphaned`.
+saved are marked FAIL with status `orphaned`, and trials that a stopped driver marked `interrupted`
+are marked `running` again.
 """
 
 from __future__ import annotations
@@ -191,6 +192,14 @@ class SweepSearch(OptunaSearch):
         # The saved epochs may miss reports made after the last save, so read them from the study.
         self._reported_by_trial = {}
         self._fail_orphans()
+        self._rerun_interrupted()
+
+    def _rerun_interrupted(self) -> None:
+        """Mark `running` again the interrupted trials that this restored driver continues."""
+        known = {trial.number for trial in self._ot_trials.values()}
+        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.number in known and frozen.user_attrs.get(STATUS) == "interrupted":
+                self._set_status(frozen.number, "running")
 
     def _fail_orphans(self) -> None:
         """Mark FAIL the running Optuna trials that the restored Tune state does not know."""

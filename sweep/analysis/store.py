@@ -54,7 +54,7 @@ NON_METRIC_KEYS = frozenset({
     "time_this_iter_s", "time_total_s", "training_iteration", "time_since_restore",
     "iterations_since_restore", "hostname", "node_ip", "done", "should_checkpoint", "checkpoint_dir_name",
 })
-STATUSES = ("pending", "running", "finished", "pruned", "diverged", "errored", "terminated")
+STATUSES = ("pending", "running", "finished", "pruned", "diverged", "errored", "terminated", "interrupted")
 
 metadata = sa.MetaData()
 
