@@ -45,9 +45,15 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from sweep.launcher import check_cluster_reachable, open_experiment, run_sweep
+    from sweep.launcher import check_cluster_reachable, open_experiment, print_summary, run_sweep, sweep_summary
 
     experiment = open_experiment(args.experiment)
+    summary = sweep_summary(experiment)
+    if not summary.unfinished:
+        # Every trial has ended, so there is nothing for Ray to run.
+        print_summary(summary)
+        print(f"nothing to resume: all {summary.num_samples} trials of {experiment.path} have ended")
+        return 0
     check_cluster_reachable(experiment.config)
     print(f"experiment folder: {experiment.path}", flush=True)
     return _report(run_sweep(experiment, resume=True))

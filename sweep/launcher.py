@@ -360,6 +360,9 @@ def _build_tuner(experiment: Experiment, trainable: Any, resume: bool, callbacks
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "0" if restoring else "1"
     if restoring:
         logger.info("Resuming the sweep in %s", experiment.tune_path)
+        # Tune's TensorBoard logger warns once per NaN scalar, and every epoch without a GSNR
+        # measurement reports NaN GSNR columns, so a resumed sweep printed hundreds of such lines.
+        logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
         if callbacks:
             # NOTE: Tuner.restore takes its callbacks from the saved experiment state, so callbacks
             # passed here (and factories registered since the launch) are not added.

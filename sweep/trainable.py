@@ -21,6 +21,7 @@ error message, because a retry would fail the same way.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import math
@@ -50,6 +51,8 @@ CHECKPOINT_EVERY_S = 10.0
 EPOCHS_AHEAD = 2
 # Errors that a retry of the same trial would raise again: they end the trial without a retry.
 INPUT_ERRORS = (ConfigError, TaskError)
+# Seconds a worker process that exits waits for a running trainer thread to finish its epoch.
+EXIT_WAIT_S = 60.0
 
 
 class TrialRunner(Protocol):
@@ -150,13 +153,19 @@ class BackgroundTraining:
         self._thread = threading.Thread(target=self._train, name="mtsweep-trainer", daemon=True)
 
     def __enter__(self) -> "BackgroundTraining":
+        _RUNNING.add(self)
         self._thread.start()
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.stop(timeout=None)
+        _RUNNING.discard(self)
         self._discard_queued()
+
+    def stop(self, timeout: Optional[float]) -> None:
+        """Ask the trainer to stop after its current epoch and wait for it, at most `timeout` seconds."""
+        self._stop.set()
+        self._thread.join(timeout)
 
     def epochs(self) -> Any:
         """Yield each epoch's metrics and checkpoint folder until the trainer ends."""
@@ -225,6 +234,19 @@ class BackgroundTraining:
                 return
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+# Trainings in progress in this process, stopped at exit: a trainer thread still inside torch's
+# backward pass when the interpreter finalizes aborts the worker with a long stack trace.
+# NOTE: an epoch that runs longer than EXIT_WAIT_S after the stop request still ends that way.
+_RUNNING: set[BackgroundTraining] = set()
+
+
+@atexit.register
+def _stop_running_trainings() -> None:
+    """Stop every trainer thread of this process after its current epoch, before the interpreter finalizes."""
+    for training in list(_RUNNING):
+        training.stop(timeout=EXIT_WAIT_S)
 
 
 def epoch_metrics(report: EpochReport, epochs: int, started_at: float) -> dict[str, Any]:

@@ -92,3 +92,10 @@ def test_ctrl_c_marks_trials_interrupted(ray_address: str, experiments: Path, tm
     assert {trial.state for trial in trials} == {COMPLETE}
     assert {trial.user_attrs["status"] for trial in trials} == {"finished"}
     assert _store_statuses(path) == ["finished"] * NUM_SAMPLES
+
+    # Resuming a sweep whose trials have all ended prints so and starts nothing.
+    capsys.readouterr()
+    started = time.monotonic()
+    assert main(["resume", str(path)]) == 0
+    assert "nothing to resume" in capsys.readouterr().out
+    assert time.monotonic() - started < 10
