@@ -135,6 +135,10 @@ def ray_session(experiment: Experiment) -> Iterator[None]:
         # With this Ray constant off, Ray takes 127.0.0.1 as the node address instead of looking
         # up the machine's outward address; it is read when `ray` is first imported.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if cluster.mode == "local":
+        # Token authentication is what a new local Ray cluster uses by default; naming it explicitly
+        # keeps Ray from printing a notice about it on every launch.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():
