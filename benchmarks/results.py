@@ -55,9 +55,13 @@ def results_path() -> Path:
 def append_result(title: str, table: str, notes: str = "", path: Optional[Path] = None) -> None:
     """Append one section: title, command, date, machine, table and notes.
 
-    Without `path`, the section goes to `results_path()`.
+    Without `path`, the section goes to `results_path()`. A run with `--quick` gets a note that its
+    figures cannot be compared with the goals.
     """
     path = path if path is not None else results_path()
+    if "--quick" in sys.argv[1:]:
+        quick_note = "Quick run (`--quick`): a smoke check too short to compare with the goals."
+        notes = f"{quick_note} {notes}" if notes else quick_note
     command = "python " + " ".join(shlex.quote(arg) for arg in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     section = [
         f"## {title}",

@@ -64,3 +64,15 @@ def test_explicit_path_beats_env_variable(results: ModuleType, tmp_path: Path, m
 
     assert (tmp_path / "explicit.md").is_file()
     assert not (tmp_path / "env.md").exists()
+
+
+@pytest.mark.parametrize("argv, quick", [(["step_cost.py", "--quick"], True), (["step_cost.py"], False)])
+def test_quick_run_gets_note(results: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], quick: bool) -> None:
+    target = tmp_path / "out.md"
+    monkeypatch.setattr("sys.argv", argv)
+
+    results.append_result("Timed", results.markdown_table(["x"], [[1]]), notes="A note.", path=target)
+
+    text = target.read_text()
+    assert ("too short to compare with the goals" in text) == quick
+    assert "A note." in text
