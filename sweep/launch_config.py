@@ -102,14 +102,17 @@ def load_launch_config(overrides: list[str], space: SearchSpace | None = None) -
     `space` replaces the `search_space=` file, for sweeps defined in Python.
     """
     composed = compose_config(overrides, config_name="launch")
+    # Problems of single parameters do not stop the checks, so that one run lists them together with
+    # the problems of the sweep options and of the trials the valid parameters can draw.
+    space_problems: list[str] = []
     if space is None:
-        space = _read_space(composed.get("search_space"))
+        space, space_problems = _read_space(composed.get("search_space"))
     composed.search_space = space.name
 
-    problems = _apply_sweep_defaults(composed, space, overrides)
+    problems = space_problems + _apply_sweep_defaults(composed, space, overrides)
     problems += _overridden_space_keys(space, overrides)
     problems += [f"{key} is missing; give it on the command line, e.g. {key}=VALUE" for key in sorted(OmegaConf.missing_keys(composed))]
-    if problems:
+    if problems != space_problems:
         raise ConfigProblems(problems)
     config: LaunchConfig = to_run_config(composed)
     if config.baseline_batch_size is None:
@@ -117,7 +120,12 @@ def load_launch_config(overrides: list[str], space: SearchSpace | None = None) -
         uniform = compose_config([*others, "method=uniform"], config_name="launch")
         config.baseline_batch_size = int(uniform.pool.batch_size)
     config.space = space.to_dict()
-    check_launch_config(config, space)
+    try:
+        check_launch_config(config, space)
+    except ConfigProblems as err:
+        raise ConfigProblems(space_problems + err.problems) from None
+    if space_problems:
+        raise ConfigProblems(space_problems)
     if config.sweep.searcher == "grid" and config.sweep.num_samples != space.grid_size():
         logger.warning(
             "sweep.num_samples=%d but the grid has %d points; the sweep %s",
@@ -144,13 +152,14 @@ def _overridden_space_keys(space: SearchSpace, overrides: list[str]) -> list[str
     return problems
 
 
-def _read_space(reference: Any) -> SearchSpace:
+def _read_space(reference: Any) -> tuple[SearchSpace, list[str]]:
+    """Return the search space (of its valid parameters, when some are invalid) and its problems."""
     if not reference:
         raise ConfigProblems([f"search_space is missing; give search_space=NAME with NAME one of: {', '.join(bundled_names())}, or a .yaml path"])
-    space, problems = read_search_space(str(reference))
+    space, problems = read_search_space(str(reference), partial=True)
     if space is None:
         raise ConfigProblems(problems)
-    return space
+    return space, problems
 
 
 def load_saved_config(path: Path) -> tuple[LaunchConfig, SearchSpace]:

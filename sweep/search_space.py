@@ -204,8 +204,11 @@ def search_space_path(reference: str) -> Path:
     )
 
 
-def read_search_space(reference: str) -> tuple[SearchSpace | None, list[str]]:
-    """Read and check a search space by bundled name or path; return it (or None) and the problems."""
+def read_search_space(reference: str, partial: bool = False) -> tuple[SearchSpace | None, list[str]]:
+    """Read and check a search space by bundled name or path; return it (or None) and the problems.
+
+    With `partial`, see `parse_search_space`.
+    """
     try:
         path = search_space_path(reference)
     except ValueError as err:
@@ -216,11 +219,16 @@ def read_search_space(reference: str) -> tuple[SearchSpace | None, list[str]]:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         return None, [f"search space {path} is not valid YAML: {first}"]
     name = reference if reference in bundled_names() else path.stem
-    return parse_search_space(data, name)
+    return parse_search_space(data, name, partial=partial)
 
 
-def parse_search_space(data: Any, name: str) -> tuple[SearchSpace | None, list[str]]:
-    """Check a search-space mapping and build the space; return it (or None) and the problems."""
+def parse_search_space(data: Any, name: str, partial: bool = False) -> tuple[SearchSpace | None, list[str]]:
+    """Check a search-space mapping and build the space; return it (or None) and the problems.
+
+    With problems the space is None, unless `partial` is set and some parameters are valid: then the
+    space of those is returned beside the problems, so that a caller can check its trials too and
+    report every problem at once.
+    """
     where = f"search space {name!r}"
     if not isinstance(data, Mapping):
         return None, [f"{where} must be a mapping with a `params` key, got {type(data).__name__}"]
@@ -242,9 +250,9 @@ def parse_search_space(data: Any, name: str) -> tuple[SearchSpace | None, list[s
     if not isinstance(sweep_defaults, Mapping):
         problems.append(f"{where}: `sweep` must be a mapping of sweep options, got {sweep_defaults!r}")
         sweep_defaults = {}
-    if problems:
+    if problems and not (partial and params):
         return None, problems
-    return SearchSpace(name=name, params=tuple(params), sweep_defaults=dict(sweep_defaults)), []
+    return SearchSpace(name=name, params=tuple(params), sweep_defaults=dict(sweep_defaults)), problems
 
 
 def _parse_param(path: str, spec: Any, key_types: dict[str, Any], where: str) -> tuple[Param | None, list[str]]:

@@ -67,6 +67,17 @@ def test_space_drawing_invalid_trial(no_ray: None, capsys: pytest.CaptureFixture
     assert any("mts.features contains unknown group 'confidence_x'" in line for line in lines)
 
 
+def test_param_and_trial_problems_listed_together(no_ray: None, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    space = tmp_path / "mixed.yaml"
+    space.write_text("params:\n  task.pool_size: 600\n  pool.batch_size: {choice: [64, 1024]}\n  mts.lr: {float: [1.0, 0.5]}\n")
+    assert main(["launch", f"search_space={space}", "sweep.searcher=bayes"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3, lines
+    assert any("mts.lr" in line for line in lines)
+    assert any("pool.batch_size=1024 is larger than the pool (task.pool_size=600)" in line for line in lines)
+    assert any("sweep.searcher='bayes' is not allowed" in line for line in lines)
+
+
 def test_range_on_baseline_key_rejected(no_ray: None, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     space = tmp_path / "lr.yaml"
     space.write_text("params:\n  train.lr: {float: [1.0e-4, 1.0e-2], log: true}\n")
