@@ -46,9 +46,14 @@ class TrialTable(Callback):
         self.metric = metric
         self.interval_s = interval_s
         self._last_print = 0.0
-        # Trials that Tune ended itself. A trial that Tune marks TERMINATED without ending it this way
-        # was stopped by Ctrl-C, not pruned.
+        # Trials started and ended by this driver. A trial started here that Tune marks TERMINATED
+        # without ending it was stopped by Ctrl-C, not pruned. Trials that an earlier driver ended
+        # are in neither set.
+        self._started: set[str] = set()
         self._ended: set[str] = set()
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._started.add(trial.trial_id)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._ended.add(trial.trial_id)
@@ -66,7 +71,8 @@ class TrialTable(Callback):
     def print_table(self, trials: list[Any], final: bool = False) -> None:
         self._last_print = time.monotonic()
         if trials:
-            interrupted = {trial.trial_id for trial in trials if trial.status == "TERMINATED" and trial.trial_id not in self._ended} if final else set()
+            stopped = self._started - self._ended
+            interrupted = {trial.trial_id for trial in trials if trial.status == "TERMINATED" and trial.trial_id in stopped} if final else set()
             print(format_table(trials, self.params, self.metric, interrupted), file=sys.stdout, flush=True)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -76,7 +82,8 @@ class TrialTable(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.__dict__.setdefault("_ended", set())
+        # A driver that restores this callback starts with no trial of its own.
+        self._started, self._ended = set(), set()
 
 
 def format_table(trials: list[Any], params: list[str], metric: str, interrupted: set[str] = frozenset()) -> str:

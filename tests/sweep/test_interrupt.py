@@ -18,7 +18,7 @@ from sweep_results import load_study
 from sweep.analysis.store import AnalysisStore
 from sweep.cli import main
 
-NUM_SAMPLES = 3
+NUM_SAMPLES = 4
 RUNNING, COMPLETE = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE
 
 
@@ -30,6 +30,18 @@ def _reported_epochs(path: Path) -> int:
     try:
         with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as connection:
             return connection.execute("select count(*) from trial_intermediate_values").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def _complete_count(path: Path) -> int:
+    """Count COMPLETE trials in the study, read-only, 0 before the driver creates the tables."""
+    database = path / "sweep.db"
+    if not database.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as connection:
+            return connection.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
 
@@ -47,7 +59,7 @@ def _store_statuses(path: Path) -> list[str]:
 def test_ctrl_c_marks_trials_interrupted(ray_address: str, experiments: Path, tmp_path: Path, capsys) -> None:
     space = tmp_path / "space.yaml"
     params = {"task.pool_size": 600, "task.val_size": 200, "task.test_size": 200, "mts.meta_batch_size": 50,
-              "gsnr.enabled": False, "train.epochs": 40, "pool.batch_size": 64, "seed": {"choice": [0, 1, 2]}}
+              "gsnr.enabled": False, "pool.batch_size": 64, "train.epochs": {"choice": [4, 150]}, "seed": {"choice": [0, 1]}}
     space.write_text(yaml.safe_dump({"params": params}))
     command = [
         sys.executable, "-m", "sweep.cli", "launch", f"search_space={space}", f"sweep.root={experiments}",
@@ -58,9 +70,10 @@ def test_ctrl_c_marks_trials_interrupted(ray_address: str, experiments: Path, tm
     path = experiments / "stopped"
     deadline = time.monotonic() + 240
     try:
-        while _reported_epochs(path) < 4:
+        # Stop once a short trial has finished and a long one is training.
+        while _complete_count(path) < 1 or _reported_epochs(path) < 8:
             assert driver.poll() is None, f"the driver exited early with code {driver.returncode}"
-            assert time.monotonic() < deadline, "the trials reported no epochs within 240 s"
+            assert time.monotonic() < deadline, "no trial finished within 240 s"
             time.sleep(0.2)
         driver.send_signal(signal.SIGINT)
         out, err = driver.communicate(timeout=120)
@@ -72,6 +85,7 @@ def test_ctrl_c_marks_trials_interrupted(ray_address: str, experiments: Path, tm
     assert driver.returncode == 1, err[-3000:]
     final_table = out[out.rindex("trial "):]
     assert "interrupted" in final_table
+    assert "finished" in final_table
     assert "pruned" not in final_table
     assert "Tuner.restore" not in out + err
     assert f"continue it with: mtsweep resume {path}" in out
@@ -87,6 +101,11 @@ def test_ctrl_c_marks_trials_interrupted(ray_address: str, experiments: Path, tm
     assert "interrupted" in capsys.readouterr().out
 
     assert main(["resume", str(path)]) == 0
+    resumed_out = capsys.readouterr().out
+    resumed_table = resumed_out[resumed_out.rindex("trial "):]
+    assert "interrupted" not in resumed_table
+    rows = [line.split() for line in resumed_table.splitlines()[1:NUM_SAMPLES + 1]]
+    assert [row[1] for row in rows] == ["finished"] * NUM_SAMPLES
     trials = load_study(path, "stopped").get_trials()
     assert len(trials) == NUM_SAMPLES
     assert {trial.state for trial in trials} == {COMPLETE}
