@@ -167,7 +167,8 @@ def result_row(rank: int, value: float, epoch: int | None, trial: dict[str, Any]
         "val_acc": trial.get(f"{prefix}val_acc"),
         "test_acc": trial.get(f"{prefix}test_acc"),
         "test_gain": trial.get(f"{prefix}test_gain"),
-        "gsnr": trial.get("last_gsnr"),
+        # GSNR is measured on a cadence, so the best epoch often has none: this is the trial's latest.
+        "last_gsnr": trial.get("last_gsnr"),
     }
 
 
@@ -258,13 +259,13 @@ def format_best(result: BestResult) -> str:
     if not result.rows:
         return "\n".join(lines + [_empty_reason(result)])
     header = (["group"] if result.per else []) + ["rank", "trial", "status", *result.params]
-    header += ([result.metric] if result.metric not in ("val_gain", "val_acc") else []) + ["epoch", "val_gain", "val_acc", "test_acc", "test_gain", "gsnr"]
+    header += ([result.metric] if result.metric not in ("val_gain", "val_acc") else []) + ["epoch", "val_gain", "val_acc", "test_acc", "test_gain", "last_gsnr"]
     table = [header]
     for row in result.rows:
         cells = ([row["group"]] if result.per else []) + [row["rank"], row["trial_id"], row["status"]]
         cells += [row["params"].get(name) for name in result.params]
         cells += ([row["value"]] if result.metric not in ("val_gain", "val_acc") else [])
-        cells += [row["epoch"], row["val_gain"], row["val_acc"], row["test_acc"], row["test_gain"], row["gsnr"]]
+        cells += [row["epoch"], row["val_gain"], row["val_acc"], row["test_acc"], row["test_gain"], row["last_gsnr"]]
         table.append([_cell(cell) for cell in cells])
     widths = [max(len(line[index]) for line in table) for index in range(len(header))]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]

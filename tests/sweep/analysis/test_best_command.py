@@ -60,7 +60,7 @@ def test_best_table_shows_params_and_test(known: Path, capsys: pytest.CaptureFix
     assert run_cli(["best", str(known), "--top", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "never ranked" in lines[0]
-    assert lines[1].split() == ["rank", "trial", "status", "pool.batch_size", "mts.features", "seed", "epoch", "val_gain", "val_acc", "test_acc", "test_gain", "gsnr"]
+    assert lines[1].split() == ["rank", "trial", "status", "pool.batch_size", "mts.features", "seed", "epoch", "val_gain", "val_acc", "test_acc", "test_gain", "last_gsnr"]
     assert lines[2].split()[:6] == ["1", "c", "finished", "256", "loss", "0"]
     assert lines[3].split()[:6] == ["2", "d", "finished", "256", "loss,class", "1"]
 
