@@ -60,12 +60,17 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _report(summary: SweepSummary) -> int:
-    """Print the trial counts; return 1 with a resume hint when the sweep stopped early (Ctrl-C)."""
+    """Print the trial counts; return 1 when the sweep stopped early (with a resume hint) or a trial errored."""
     from sweep.launcher import print_summary
 
     print_summary(summary)
     if summary.unfinished:
         print(f"the sweep stopped before all trials ended; continue it with: mtsweep resume {summary.path}")
+        return 1
+    errored = summary.counts.get("errored", 0)
+    if errored:
+        # Like `tune.run` (raise_on_failed_trial=True by default), a sweep with failed trials fails.
+        print(f"{errored} trial(s) errored; their reasons are listed above")
         return 1
     return 0
 

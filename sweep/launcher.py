@@ -84,6 +84,8 @@ class SweepSummary:
     path: Path
     num_samples: int
     counts: dict[str, int]
+    # (trial id, status, reason) of every errored or diverged trial, from the analysis store.
+    failures: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -136,8 +138,8 @@ def ray_session(experiment: Experiment) -> Iterator[None]:
         # up the machine's outward address; it is read when `ray` is first imported.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if cluster.mode == "local":
-        # Token authentication is what a new local Ray cluster uses by default; naming it explicitly
-        # keeps Ray from printing a notice about it on every launch.
+        # A new local Ray cluster uses token authentication by default. Naming it explicitly keeps
+        # Ray from printing a notice about it on every launch.
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
@@ -480,7 +482,25 @@ def sweep_summary(experiment: Experiment) -> SweepSummary:
     not_started = experiment.config.sweep.num_samples - sum(counts.values())
     if not_started > 0:
         counts["not started"] = not_started
-    return SweepSummary(path=experiment.path, num_samples=experiment.config.sweep.num_samples, counts=dict(counts))
+    failures = _failures(experiment) if counts.get("errored") or counts.get("diverged") else []
+    return SweepSummary(path=experiment.path, num_samples=experiment.config.sweep.num_samples, counts=dict(counts), failures=failures)
+
+
+def _failures(experiment: Experiment) -> list[tuple[str, str, str]]:
+    """Return (trial id, status, reason) of the errored and diverged trials in the analysis store."""
+    from sweep.analysis.store import AnalysisStore
+
+    store = AnalysisStore(experiment.database_url, create=False)
+    try:
+        record = store.experiment(experiment.name) if store.has_tables() else None
+        trials = store.trials(record.id, statuses=("errored", "diverged")) if record is not None else []
+    finally:
+        store.close()
+    return [(trial["trial_id"], trial["status"], trial.get("failure_reason") or "no reason recorded") for trial in trials]
+
+
+# Errored and diverged trials listed under the counts, with their reasons; the rest are only counted.
+MAX_FAILURES_SHOWN = 10
 
 
 def print_summary(summary: SweepSummary, out: Any = None) -> None:
@@ -489,3 +509,7 @@ def print_summary(summary: SweepSummary, out: Any = None) -> None:
     for status, count in sorted(summary.counts.items()):
         print(f"  {status:<12} {count}", file=out)
     print(f"  {'total':<12} {summary.total} of {summary.num_samples}", file=out)
+    for trial_id, status, reason in summary.failures[:MAX_FAILURES_SHOWN]:
+        print(f"  trial {trial_id} {status}: {reason}", file=out)
+    if len(summary.failures) > MAX_FAILURES_SHOWN:
+        print(f"  ... and {len(summary.failures) - MAX_FAILURES_SHOWN} more errored or diverged trials", file=out)

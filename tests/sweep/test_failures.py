@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 from fakes import FaultFactory, ScriptedFactory
 from sweep_results import load_study, read_results
 
 from sweep.analysis.store import AnalysisStore
+from sweep.cli import main
 from sweep.launch_config import load_launch_config
 from sweep.launcher import create_experiment, run_sweep
 
@@ -33,7 +35,7 @@ def _space_file(folder: Path, params: dict, sweep: dict) -> Path:
     return path
 
 
-def test_errored_and_diverged_trials_recorded(ray_address: str, experiments: Path, tmp_path: Path) -> None:
+def test_errored_and_diverged_trials_recorded(ray_address: str, experiments: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     space = _space_file(tmp_path, {"seed": {"choice": [0, 1, 2, 3]}, "train.epochs": 3}, {"searcher": "grid", "num_samples": 4})
     config, space = load_launch_config([f"search_space={space}", f"sweep.root={experiments}", "sweep.name=faults", "sweep.max_failures=1"])
     log = tmp_path / "attempts.jsonl"
@@ -65,6 +67,13 @@ def test_errored_and_diverged_trials_recorded(ray_address: str, experiments: Pat
     # Each epoch of the finished trial reached Optuna once, at its epoch number.
     finished = [trial for trial in load_study(path, "faults").get_trials() if trial.params["seed"] == 2]
     assert sorted(finished[0].intermediate_values) == [1, 2, 3]
+
+    # mtsweep status lists each errored or diverged trial with its reason under the counts.
+    capsys.readouterr()
+    assert main(["status", str(path)]) == 0
+    status_lines = capsys.readouterr().out.splitlines()
+    assert any("errored: " in line and "injected invalid value" in line for line in status_lines)
+    assert any("diverged: " in line for line in status_lines)
 
     store = AnalysisStore(f"sqlite:///{path / 'sweep.db'}", create=False)
     experiment = store.experiment("faults")
@@ -101,3 +110,16 @@ def test_asha_stopped_trials_pruned_in_study(ray_address: str, experiments: Path
         else:
             assert trial.state == COMPLETE, trial_id
     assert sum(trial.state == PRUNED for trial in trials.values()) == len(stopped)
+
+
+@pytest.mark.parametrize(("counts", "code"), [({"finished": 1, "errored": 1}, 1), ({"finished": 1, "diverged": 1}, 0), ({"finished": 2}, 0)])
+def test_report_exit_code_by_status(capsys: pytest.CaptureFixture[str], counts: dict[str, int], code: int) -> None:
+    from sweep.cli import _report
+    from sweep.launcher import SweepSummary
+
+    failures = [("abc123", status, "boom") for status in counts if status in ("errored", "diverged")]
+    assert _report(SweepSummary(path=Path("/x"), num_samples=2, counts=counts, failures=failures)) == code
+    out = capsys.readouterr().out
+    for _, status, _ in failures:
+        assert f"trial abc123 {status}: boom" in out
+    assert ("1 trial(s) errored" in out) == (code == 1)
