@@ -42,7 +42,13 @@ def cached_arrays(
             return arrays
     arrays = compute()
     if path is not None:
-        _save(arrays, path, key)
+        try:
+            _save(arrays, path, key)
+        except OSError as err:
+            logger.warning(
+                "The feature cache %s cannot be written (%s), so the offline %s features are not cached; "
+                "set task.cache_dir or $MTSWEEP_CACHE to a writable folder", path.parent, err.strerror or err, name,
+            )
     return arrays
 
 

@@ -71,7 +71,15 @@ def build_task(config: TaskConfig) -> Task:
         return task
 
     task = _build_timed(builder, config)
-    cache.save_task(task, path, key_json)
+    try:
+        cache.save_task(task, path, key_json)
+    except OSError as err:
+        # The cache only saves time, so a folder that cannot be written does not stop the run.
+        logger.warning(
+            "task.cache_dir=%r cannot be written (%s), so task %s is not cached; set task.cache_dir or "
+            "$MTSWEEP_CACHE to a writable folder", str(path.parent), err.strerror or err, config.name,
+        )
+        return task
     logger.info("Cached task %s at %s", config.name, path)
     return task
 

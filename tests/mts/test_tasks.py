@@ -256,6 +256,17 @@ def test_cache_entry_of_other_config_rejected(tmp_path: Path) -> None:
     assert len(build_task(config_b).pool) == 200
 
 
+def test_unwritable_cache_dir_builds_uncached(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    config = small_config("digits_synth", tmp_path, cache_dir=str(blocker / "cache"))
+    with caplog.at_level("WARNING", logger="mts.tasks"):
+        task = build_task(config)
+    assert len(task.pool) == 300
+    assert any("cannot be written" in record.getMessage() and "task.cache_dir" in record.getMessage() for record in caplog.records)
+    assert blocker.read_text() == "not a folder"
+
+
 def test_cache_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MTSWEEP_CACHE", str(tmp_path / "env"))
     config = small_config("digits_synth", tmp_path, cache_dir=None)
