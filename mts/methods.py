@@ -60,7 +60,8 @@ class Method:
         self.config = config
         self.model = model
 
-    def pool_indices(self, task: Task) -> np.ndarray:
+    @staticmethod
+    def pool_indices(task: Task) -> np.ndarray:
         """Return the pool positions this method may train on."""
         return np.arange(len(task.pool))
 
@@ -102,7 +103,8 @@ class OracleMethod(Method):
 
     name = "oracle"
 
-    def pool_indices(self, task: Task) -> np.ndarray:
+    @staticmethod
+    def pool_indices(task: Task) -> np.ndarray:
         if task.quality is None:
             raise ConfigError(
                 f"method=oracle needs quality tags, but task {task.name!r} has none; "

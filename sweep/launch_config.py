@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mts.config import RunConfig
+from mts.errors import MtsError
 from mts.validation import config_problems
 from sweep.config import compose_config, to_run_config
 from sweep.errors import ConfigProblems
@@ -322,12 +323,46 @@ def trial_problems(config: LaunchConfig, space: SearchSpace) -> list[str]:
                 if problem not in seen:
                     seen.add(problem)
                     problems.append(f"uniform baseline: {problem}; set baseline_batch_size")
+    for problem in file_task_problems(config, space):
+        if problem not in seen:
+            seen.add(problem)
+            problems.append(f"search space {space.name!r}: {problem}")
     ranges = [param.path for param in space.searched if param.kind != "choice" and _is_baseline_key(param.path)]
     for path in ranges:
         problems.append(
             f"search space {space.name!r}: {path} changes the uniform baseline, so it must be a choice or a fixed "
             "value (each value needs its own baseline run), not a range"
         )
+    return problems
+
+
+def file_task_problems(config: LaunchConfig, space: SearchSpace) -> list[str]:
+    """Return the problems that depend on a `file` task's data, e.g. a meta set below the meta batch.
+
+    Each data file that the edge trials name is loaded once.
+
+    Generated tasks need no such check: their split sizes are config keys that `config_problems` reads.
+    """
+    from mts.methods import METHODS
+    from mts.tasks import build_task
+    from mts.validation import task_problems
+
+    loaded: dict[str, Any] = {}
+    problems: list[str] = []
+    for combination in space.edge_combinations():
+        trial = apply_params(config, combination)
+        if trial.task.name != "file" or config_problems(trial):
+            continue
+        key = str(trial.task.path)
+        try:
+            if key not in loaded:
+                loaded[key] = build_task(trial.task)
+            task = loaded[key]
+            trainable = len(METHODS[trial.method].pool_indices(task))
+        except MtsError as err:
+            problems.append(f"task.path={key!r}: {err}")
+            continue
+        problems += [f"task.path={key!r}: {problem}" for problem in task_problems(trial, task, trainable)]
     return problems
 
 

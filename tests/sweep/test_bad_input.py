@@ -78,6 +78,31 @@ def test_param_and_trial_problems_listed_together(no_ray: None, capsys: pytest.C
     assert any("sweep.searcher='bayes' is not allowed" in line for line in lines)
 
 
+def _write_file_task(path: Path, meta: int) -> Path:
+    import numpy as np
+
+    counts = {"pool": 200, "meta": meta, "val": 60, "test": 60}
+    split = np.concatenate([np.full(count, name) for name, count in counts.items()]).astype(str)
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.normal(size=(len(split), 8)).astype(np.float32), y=rng.integers(0, 3, len(split)), split=split)
+    return path
+
+
+def test_file_task_data_checked_before_launch(no_ray: None, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    enough = _write_file_task(tmp_path / "enough.npz", meta=60)
+    small = _write_file_task(tmp_path / "small.npz", meta=20)
+    space = tmp_path / "files.yaml"
+    space.write_text(
+        "params:\n  task.name: file\n  pool.batch_size: 32\n  mts.meta_batch_size: 50\n"
+        f"  task.path: {{choice: [{enough}, {small}]}}\n"
+    )
+    assert main(["launch", f"search_space={space}"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"task.path={str(small)!r}" in lines[0]
+    assert "mts.meta_batch_size=50 is larger than the meta set (20 samples)" in lines[0]
+
+
 def test_range_on_baseline_key_rejected(no_ray: None, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     space = tmp_path / "lr.yaml"
     space.write_text("params:\n  train.lr: {float: [1.0e-4, 1.0e-2], log: true}\n")
