@@ -215,10 +215,17 @@ def _gsnr_fit(trials: list[dict[str, Any]], x_key: str, notes: list[str]) -> Opt
     xs = [_number(trial["params"].get(x_key)) for trial in trials]
     ys = [trial.get("last_gsnr") for trial in trials]
     try:
-        return fit_power_law(xs, ys)
+        fit = fit_power_law(xs, ys)
     except AnalysisError as err:
         notes.append(f"GSNR power law not fitted: {err}")
         return None
+    fitted_x = {x for x, y in zip(xs, ys) if x is not None and y is not None and x > 0 and y > 0 and math.isfinite(y)}
+    if len(fitted_x) < 3:
+        notes.append(
+            f"the GSNR power law rests on {len(fitted_x)} distinct {x_key} values, so its exponent is only the slope "
+            f"between them and its R^2 says little; sweep 3 or more values of {x_key} to test the fit"
+        )
+    return fit
 
 
 def _best_x(points: list[ScalingPoint]) -> Optional[float]:

@@ -45,6 +45,15 @@ def test_power_law_needs_two_batch_sizes() -> None:
         fit_power_law([64, 128], [1.0, -1.0])
 
 
+@pytest.mark.parametrize(("batch_sizes", "warned"), [([64, 256], True), ([64, 128, 256], False)])
+def test_gsnr_fit_on_two_batch_sizes_noted(batch_sizes: list[int], warned: bool) -> None:
+    trials = [{"params": {"pool.batch_size": b}, "last_gsnr": 0.01 * b * (1 + 0.1 * seed)} for b in batch_sizes for seed in range(2)]
+    notes: list[str] = []
+    fit = scaling._gsnr_fit(trials, "pool.batch_size", notes)
+    assert fit is not None
+    assert any("rests on 2 distinct pool.batch_size values" in note for note in notes) == warned
+
+
 def test_mean_interval_matches_t_table() -> None:
     interval = mean_interval([1.0, 2.0, 3.0])
     # Standard error 1/sqrt(3); t(0.975, 2 degrees of freedom) = 4.3027.
