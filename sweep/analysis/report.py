@@ -178,7 +178,7 @@ def _points_table(result: ScalingResult) -> list[str]:
         "Final values per trial, mean ± 95% confidence half width over the trials at each x "
         "(Student's t; no interval with one trial).",
         "",
-        f"| {result.x_key} | trials | seeds | val_gain | test_gain | gsnr |",
+        f"| {result.x_key} | trials | seed values | val_gain | test_gain | gsnr |",
         "| ---: | ---: | --- | ---: | ---: | ---: |",
     ]
     for point in result.points:
