@@ -103,6 +103,21 @@ def test_file_task_data_checked_before_launch(no_ray: None, capsys: pytest.Captu
     assert "mts.meta_batch_size=50 is larger than the meta set (20 samples)" in lines[0]
 
 
+def test_status_after_data_file_removed(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from sweep.launch_config import load_launch_config
+    from sweep.launcher import create_experiment
+
+    data = _write_file_task(tmp_path / "data.npz", meta=60)
+    space = tmp_path / "file.yaml"
+    space.write_text(f"params:\n  task.name: file\n  task.path: {data}\n  pool.batch_size: 32\n  mts.meta_batch_size: 50\n  seed: {{choice: [0, 1]}}\n")
+    config, parsed = load_launch_config([f"search_space={space}", f"sweep.root={tmp_path / 'experiments'}", "sweep.name=moved"])
+    experiment = create_experiment(config, parsed)
+    data.unlink()
+
+    assert main(["status", str(experiment.path)]) == 0
+    assert "not started  2" in capsys.readouterr().out
+
+
 def test_range_on_baseline_key_rejected(no_ray: None, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     space = tmp_path / "lr.yaml"
     space.write_text("params:\n  train.lr: {float: [1.0e-4, 1.0e-2], log: true}\n")
