@@ -67,7 +67,8 @@ def analyze_command(args: argparse.Namespace) -> int:
 
     result, report = analyze_experiment(open_folder(args.experiment), x_key=args.x, where=args.where)
     fit = result.gsnr_fit
-    print(f"{result.trials_used} finished trials analysed against {result.x_key}")
+    where = f" (filtered by --where {' '.join(result.where)}: {result.trials_filtered_out} trials left out)" if result.where else ""
+    print(f"{result.trials_used} finished trials analysed against {result.x_key}{where}")
     if fit is not None:
         print(f"GSNR ~ {fit.coefficient:.4g} * x^{fit.exponent:.3f} (R^2 {fit.r_squared:.3f}, {fit.points} trials with GSNR > 0)")
     line = f"best {result.x_key} by mean val_gain: {_number(result.best_x)}"

@@ -163,6 +163,9 @@ def render_markdown(result: ScalingResult, plots: list[str]) -> str:
     lines = [f"# Scaling analysis of {result.experiment}", ""]
     excluded = ", ".join(f"{count} {status}" for status, count in sorted(result.trials_excluded.items())) or "none"
     lines += [f"{result.trials_used} finished trials, grouped by `{result.x_key}`; left out: {excluded}.", ""]
+    if result.where:
+        filters = " ".join(f"`--where {item}`" for item in result.where)
+        lines += [f"Filtered by {filters}: {result.trials_filtered_out} trials of the experiment left out.", ""]
     lines += _points_table(result) + [""]
     lines += _fit_section(result) + [""]
     lines += _batch_size_section(result) + [""]

@@ -99,6 +99,8 @@ class ScalingResult:
     notes: list[str]
     trials_used: int
     trials_excluded: dict[str, int]  # status -> count of trials left out
+    where: list[str] = dataclasses.field(default_factory=list)  # the --where filters, as given
+    trials_filtered_out: int = 0  # trials that a --where filter left out
 
 
 def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
@@ -184,7 +186,7 @@ def scaling_analysis(
     return ScalingResult(
         experiment=record.name, x_key=x_key, points=points, gsnr_fit=fit, best_x=best_x, noise_scale=noise,
         noise_scale_median=median, predicted_x=predicted, importances=importances, notes=notes,
-        trials_used=len(finished), trials_excluded=excluded,
+        trials_used=len(finished), trials_excluded=excluded, where=list(where), trials_filtered_out=len(trials) - len(chosen),
     )
 
 

@@ -90,6 +90,15 @@ def test_analyze_writes_report_plots_and_scaling_run(tmp_path: Path) -> None:
     assert {"scaling/val_gain", "scaling/test_gain", "scaling/val_gain_low"} <= set(events.Tags()["scalars"])
 
 
+def test_analyze_where_stated_in_report(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path, "batch", searched=["pool.batch_size", "seed"])
+    fill_scaling_store(f"sqlite:///{folder / 'sweep.db'}", "batch", exponent=0.7).close()
+    result, report = analyze_experiment(open_folder(folder), where=["seed=0"])
+    assert all(point.trials == 1 for point in result.points)
+    assert result.trials_filtered_out == 10
+    assert "Filtered by `--where seed=0`: 10 trials of the experiment left out." in report.read_text()
+
+
 def test_analyze_twice_keeps_one_value_per_step(tmp_path: Path) -> None:
     folder = make_folder(tmp_path, "twice", searched=["pool.batch_size", "seed"])
     fill_scaling_store(f"sqlite:///{folder / 'sweep.db'}", "twice").close()
