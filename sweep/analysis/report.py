@@ -179,7 +179,9 @@ def render_markdown(result: ScalingResult, plots: list[str]) -> str:
 def _points_table(result: ScalingResult) -> list[str]:
     lines = [
         "Final values per trial, mean ± 95% confidence half width over the trials at each x "
-        "(Student's t; no interval with one trial).",
+        "(Student's t; no interval with one trial). `val_gain` and `gsnr` are the last epoch's; "
+        "`test_gain` is that of the model with the best validation accuracy, because the test split "
+        "never chooses an epoch.",
         "",
         f"| {result.x_key} | trials | seed values | val_gain | test_gain | gsnr |",
         "| ---: | ---: | --- | ---: | ---: | ---: |",
