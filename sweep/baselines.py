@@ -83,19 +83,23 @@ def ensure_baselines(config: LaunchConfig, space: SearchSpace, engine: sa.Engine
     """
     create_tables(engine)
     configs = {}
+    # The searched values that tell baselines of one task and seed apart, for the log.
+    searched = {param.path for param in space.searched} - {"seed", "task.name"}
+    labels = {}
     for combination in space.baseline_combinations():
         baseline = baseline_config(config, combination, int(config.baseline_batch_size or config.pool.batch_size))
         configs[baseline_key(baseline)] = baseline
+        labels[baseline_key(baseline)] = "".join(f", {path}={value}" for path, value in combination.items() if path in searched)
     references = stored_references(engine, list(configs))
     missing = {key: value for key, value in configs.items() if key not in references}
     logger.info("Baselines: %d needed, %d stored, %d to train", len(configs), len(references), len(missing))
     if missing:
-        _train_missing(config, missing, engine, threads)
+        _train_missing(config, missing, engine, threads, labels)
         references = stored_references(engine, list(configs))
     return {key: {"val_acc": ref.val_acc, "test_acc": ref.test_acc} for key, ref in references.items()}
 
 
-def _train_missing(config: LaunchConfig, missing: dict[str, RunConfig], engine: sa.Engine, threads: int) -> None:
+def _train_missing(config: LaunchConfig, missing: dict[str, RunConfig], engine: sa.Engine, threads: int, labels: dict[str, str]) -> None:
     import ray
 
     remote = ray.remote(num_cpus=config.sweep.cpus_per_trial, num_gpus=config.sweep.gpus_per_trial, max_retries=0)(train_baseline)
@@ -118,8 +122,9 @@ def _train_missing(config: LaunchConfig, missing: dict[str, RunConfig], engine: 
             ) from err
         save_baseline(engine, key, missing[key], result)
         logger.info(
-            "Baseline trained: task %s, seed %d: val_acc=%.4f test_acc=%.4f (%.1f s)",
-            missing[key].task.name, missing[key].seed, result["val_acc"], result["test_acc"], result["wall_time"],
+            "Baseline trained: task %s, seed %d%s: val_acc=%.4f test_acc=%.4f (%.1f s)",
+            missing[key].task.name, missing[key].seed, labels.get(key, ""),
+            result["val_acc"], result["test_acc"], result["wall_time"],
         )
 
 

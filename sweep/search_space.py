@@ -259,6 +259,9 @@ def _parse_param(path: str, spec: Any, key_types: dict[str, Any], where: str) ->
     if path not in key_types:
         close = difflib.get_close_matches(path, list(key_types), n=1)
         hint = f"; did you mean {close[0]}?" if close else "; keys are dotted run-config paths such as pool.batch_size"
+        if f"{path}.name" in key_types:
+            # On the command line `task=file` chooses the task; in a search space the key is `task.name`.
+            hint = f"; to choose the {path}, set {path}.name"
         return None, [f"{where}: unknown parameter {path!r}{hint}"]
     if path == "train.threads":
         return None, [f"{where}: train.threads is set from sweep.cpus_per_trial and cannot be searched"]
@@ -302,7 +305,7 @@ def _parse_range(path: str, kind: str, spec: Mapping[str, Any], expected: Any, w
     log, step = spec.get("log", False), spec.get("step")
     numeric = (int,) if kind == "int" else (int, float)
     if expected not in (int, float) or (kind == "float" and expected is int):
-        return None, [f"{where}: {path} is a {_type_name(expected)} key and cannot take a {kind} range; use choice or value"]
+        return None, [f"{where}: {path} is {_with_article(_type_name(expected))} key and cannot take {_with_article(kind)} range; use choice or value"]
     if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, numeric) and not isinstance(b, bool) for b in bounds)):
         return None, [f"{where}: {path} {kind} range {bounds!r} must be a list [low, high] of {kind} numbers"]
     low, high = bounds
@@ -349,18 +352,36 @@ def _type_problem(value: Any, expected: Any) -> str | None:
         origin, args = typing.get_origin(expected), typing.get_args(expected)
     if origin is list:
         if not isinstance(value, list):
-            return f"is not a list; the key takes a {_type_name(expected)}"
+            return f"is not a list; the key takes {_with_article(_type_name(expected))}"
         bad = [item for item in value if _type_problem(item, args[0])]
-        return f"contains {bad[0]!r}, not a {_type_name(args[0])}" if bad else None
+        return f"contains {bad[0]!r}, not {_with_article(_type_name(args[0]))}" if bad else None
     if origin is dict:
-        return None if isinstance(value, Mapping) else f"is not a mapping; the key takes a {_type_name(expected)}"
+        return None if isinstance(value, Mapping) else f"is not a mapping; the key takes {_with_article(_type_name(expected))}"
     if expected is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     elif expected is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     else:
         ok = isinstance(value, expected)
-    return None if ok else f"is not a {_type_name(expected)}"
+    if ok:
+        return None
+    problem = f"is not {_with_article(_type_name(expected))}"
+    if expected is float and isinstance(value, str) and _parses_as_float(value):
+        # YAML 1.1, which PyYAML reads, takes 1.0e6 for a string and needs the exponent's sign.
+        problem += f"; YAML reads {value!r} as text, write it with a signed exponent such as 1.0e+6"
+    return problem
+
+
+def _parses_as_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _with_article(name: str) -> str:
+    return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"
 
 
 def _type_name(expected: Any) -> str:

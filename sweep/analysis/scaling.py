@@ -131,7 +131,7 @@ def fit_power_law(x: Iterable[float], y: Iterable[float]) -> PowerLaw:
     log_x = np.log([a for a, _ in pairs])
     log_y = np.log([b for _, b in pairs])
     if len(set(log_x.tolist())) < 2:
-        raise AnalysisError(f"a power-law fit needs positive values at two or more distinct x; got {len(pairs)} points")
+        raise AnalysisError(f"a power-law fit needs positive values at two or more distinct x; got {len(pairs)} point(s)")
     slope, intercept = np.polyfit(log_x, log_y, 1)
     predicted = intercept + slope * log_x
     residual = float(np.sum((log_y - predicted) ** 2))
@@ -270,7 +270,7 @@ def parameter_importances(database_url: str, study_name: str, params: list[str],
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     varied = _varied_params(completed, params)
     if len(completed) < 2 or len(varied) < 2:
-        notes.append(f"importances skipped: they need 2 or more completed trials and 2 or more varied parameters; the study has {len(completed)} completed trials and varies {len(varied)} ({', '.join(varied) or 'none'})")
+        notes.append(f"importances skipped: they need 2 or more completed trials and 2 or more varied parameters; the study has {len(completed)} completed trial(s), across which {len(varied)} parameter(s) vary ({', '.join(varied) or 'none'})")
         return {}
     target = (lambda trial: trial.values[0]) if len(study.directions) > 1 else None
     results = {}

@@ -144,11 +144,11 @@ def test_importances_skipped_with_note(tmp_path: Path) -> None:
     _study(url, "one", 1)
     notes: list[str] = []
     assert parameter_importances(url, "one", ["pool.batch_size", "mts.lr"], notes) == {}
-    assert "the study has 1 completed trials" in notes[0]
+    assert "the study has 1 completed trial(s)" in notes[0]
     notes = []
     _study(url, "single", 6)
     assert parameter_importances(url, "single", ["pool.batch_size"], notes) == {}
-    assert "varies 1 (pool.batch_size)" in notes[0]
+    assert "1 parameter(s) vary (pool.batch_size)" in notes[0]
 
 
 def test_analyze_float_key_skips_tensorboard(tmp_path: Path) -> None:
