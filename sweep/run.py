@@ -50,6 +50,9 @@ def run_command(overrides: list[str], out: TextIO) -> int:
     except KeyboardInterrupt:
         # Record why the folder has no finished run, so that the next run into it is rejected with that reason.
         summary["status"] = "interrupted"
+        for name, key in (("baseline_reports.jsonl", "baseline_epochs_done"), ("reports.jsonl", "epochs_done")):
+            if (output_dir / name).exists():
+                summary[key] = len((output_dir / name).read_text().splitlines())
         _write_json(output_dir / "summary.json", summary)
         print(f"interrupted: the reports so far are in {output_dir}", file=out, flush=True)
         raise

@@ -110,7 +110,9 @@ def test_interrupted_run_recorded_and_rejected(tmp_path, capsys, monkeypatch):
     captured = capsys.readouterr()
     assert code == 130
     assert f"interrupted: the reports so far are in {output}" in captured.out
-    assert json.loads((output / "summary.json").read_text())["status"] == "interrupted"
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["epochs_done"] == 1
     reports = [json.loads(line) for line in (output / "reports.jsonl").read_text().splitlines()]
     assert [report["epoch"] for report in reports] == [1]
 
