@@ -137,6 +137,10 @@ def ray_session(experiment: Experiment) -> Iterator[None]:
         # With this Ray constant off, Ray takes 127.0.0.1 as the node address instead of looking
         # up the machine's outward address; it is read when `ray` is first imported.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if not sys.stdout.isatty():
+        # Ray colors the "(train_trial pid=...)" prefix of worker lines it forwards; in a file or a
+        # pipe those color codes are noise.
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if cluster.mode == "local":
         # A new local Ray cluster uses token authentication by default. Naming it explicitly keeps
         # Ray from printing a notice about it on every launch.
