@@ -52,22 +52,55 @@ def config_groups() -> dict[str, list[str]]:
 
 def compose_config(overrides: list[str], config_name: str = "config") -> DictConfig:
     """Compose the config from `overrides`, raising `ConfigProblems` with one line per problem."""
-    parsed = _parse_overrides(overrides)
-    problems = _unknown_override_problems(parsed, config_name)
+    composed, problems = compose_valid_overrides(overrides, config_name)
     if problems:
         raise ConfigProblems(problems)
+    return composed
+
+
+def compose_valid_overrides(overrides: list[str], config_name: str = "config") -> tuple[DictConfig, list[str]]:
+    """Compose the config from the valid overrides; return it and one line per invalid override.
+
+    Hydra stops at the first override it cannot apply, so an override that fails is tried alone to
+    tell which ones are invalid. The rest are composed, so that the caller can check their values too.
+    """
+    parsed = _parse_overrides(overrides)
+    unknown = _unknown_override_problems(parsed, config_name)
+    problems = [line for line in unknown if line]
+    valid = [override for override, line in zip(overrides, unknown) if not line]
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose(config_name=config_name, overrides=list(overrides))
+        return _compose(config_name, valid), problems
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigProblems([_one_line(err)]) from err
+        first_error = _one_line(err)
+    rejected = []
+    for override in valid:
+        try:
+            _compose(config_name, [override])
+        except (HydraException, OmegaConfBaseException) as err:
+            problems.append(_one_line(err))
+            rejected.append(override)
+    if not rejected:
+        # Each override works alone, so their combination fails: report Hydra's own message.
+        raise ConfigProblems([*problems, first_error])
+    try:
+        return _compose(config_name, [override for override in valid if override not in rejected]), problems
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigProblems([*problems, _one_line(err)]) from err
+
+
+def _compose(config_name: str, overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
 
 
 def load_run_config(overrides: list[str]) -> AppConfig:
-    """Compose and validate the config of one training run."""
-    composed = compose_config(overrides)
-    config = to_run_config(composed)
-    problems = config_problems(config)
+    """Compose and validate the config of one training run, listing every problem at once."""
+    composed, problems = compose_valid_overrides(overrides)
+    try:
+        config = to_run_config(composed)
+    except ConfigProblems as err:
+        raise ConfigProblems([*problems, *err.problems]) from None
+    problems += config_problems(config)
     if config.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append(f"log_level={config.log_level!r} is not allowed; choose one of: DEBUG, INFO, WARNING, ERROR")
     if problems:
@@ -91,7 +124,7 @@ def _parse_overrides(overrides: list[str]) -> list[Any]:
 
 
 def _unknown_override_problems(parsed: list[Any], config_name: str) -> list[str]:
-    """Return a line for every override whose key or group option does not exist."""
+    """Return, for each override in order, why its key or group option does not exist, or ""."""
     groups = config_groups()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         defaults = compose(config_name=config_name)
@@ -101,10 +134,10 @@ def _unknown_override_problems(parsed: list[Any], config_name: str) -> list[str]
         key = override.key_or_group
         value = override.input_line.split("=", 1)[1] if "=" in override.input_line else ""
         if key in groups:
-            if override.value() not in groups[key]:
-                problems.append(f"{key}={value!r} is not a known {key}; allowed: {', '.join(groups[key])}")
-        elif not _key_exists(key, known_keys):
-            problems.append(_unknown_key_line(key, value, known_keys))
+            known = override.value() in groups[key]
+            problems.append("" if known else f"{key}={value!r} is not a known {key}; allowed: {', '.join(groups[key])}")
+        else:
+            problems.append("" if _key_exists(key, known_keys) else _unknown_key_line(key, value, known_keys))
     return problems
 
 

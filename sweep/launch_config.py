@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mts.config import RunConfig
 from mts.errors import MtsError
 from mts.validation import config_problems
-from sweep.config import compose_config, to_run_config
+from sweep.config import compose_valid_overrides, to_run_config
 from sweep.errors import ConfigProblems
 from sweep.search_space import SearchSpace, affects_baseline, bundled_names, parse_search_space, read_search_space
 
@@ -102,31 +102,37 @@ def load_launch_config(overrides: list[str], space: SearchSpace | None = None) -
 
     `space` replaces the `search_space=` file, for sweeps defined in Python.
     """
-    composed = compose_config(overrides, config_name="launch")
-    # Problems of single parameters do not stop the checks, so that one run lists them together with
-    # the problems of the sweep options and of the trials the valid parameters can draw.
-    space_problems: list[str] = []
+    # Invalid overrides and search-space parameters do not stop the checks, so that one run lists
+    # them together with the problems of the sweep options and of the trials the rest can draw.
+    composed, early_problems = compose_valid_overrides(overrides, config_name="launch")
     if space is None:
-        space, space_problems = _read_space(composed.get("search_space"))
+        try:
+            space, space_problems = _read_space(composed.get("search_space"))
+        except ConfigProblems as err:
+            raise ConfigProblems([*early_problems, *err.problems]) from None
+        early_problems += space_problems
     composed.search_space = space.name
 
-    problems = space_problems + _apply_sweep_defaults(composed, space, overrides)
-    problems += _overridden_space_keys(space, overrides)
+    early_problems += _overridden_space_keys(space, overrides)
+    problems = early_problems + _apply_sweep_defaults(composed, space, overrides)
     problems += [f"{key} is missing; give it on the command line, e.g. {key}=VALUE" for key in sorted(OmegaConf.missing_keys(composed))]
-    if problems != space_problems:
+    if problems != early_problems:
         raise ConfigProblems(problems)
-    config: LaunchConfig = to_run_config(composed)
+    try:
+        config: LaunchConfig = to_run_config(composed)
+    except ConfigProblems as err:
+        raise ConfigProblems([*early_problems, *err.problems]) from None
     if config.baseline_batch_size is None:
         others = [override for override in overrides if not override.startswith("method=")]
-        uniform = compose_config([*others, "method=uniform"], config_name="launch")
+        uniform, _ = compose_valid_overrides([*others, "method=uniform"], config_name="launch")
         config.baseline_batch_size = int(uniform.pool.batch_size)
     config.space = space.to_dict()
     try:
         check_launch_config(config, space)
     except ConfigProblems as err:
-        raise ConfigProblems(space_problems + err.problems) from None
-    if space_problems:
-        raise ConfigProblems(space_problems)
+        raise ConfigProblems(early_problems + err.problems) from None
+    if early_problems:
+        raise ConfigProblems(early_problems)
     if config.sweep.searcher == "grid" and config.sweep.num_samples != space.grid_size():
         logger.warning(
             "sweep.num_samples=%d but the grid has %d points; the sweep %s",

@@ -118,6 +118,15 @@ def test_status_after_data_file_removed(capsys: pytest.CaptureFixture[str], tmp_
     assert "not started  2" in capsys.readouterr().out
 
 
+def test_type_error_does_not_hide_other_problems(no_ray: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["launch", "search_space=smoke", "train.momentum=fast", "sweep.searcher=bogus", "sweep.num_samples=-3"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3, lines
+    assert any("train.momentum=fast" in line for line in lines)
+    assert any("sweep.searcher='bogus' is not allowed" in line for line in lines)
+    assert any("sweep.num_samples=-3 must be an integer >= 1" in line for line in lines)
+
+
 def test_range_on_baseline_key_rejected(no_ray: None, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     space = tmp_path / "lr.yaml"
     space.write_text("params:\n  train.lr: {float: [1.0e-4, 1.0e-2], log: true}\n")

@@ -48,6 +48,17 @@ def test_bad_input_gives_one_line(capsys, overrides, expected):
     assert captured.out == ""
 
 
+def test_key_type_and_value_problems_together(capsys):
+    code = main(["run", "pool.batchsize=64", "train.lr=-1", "train.epochs=abc", "mts.lr=zero"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(lines) == 4, lines
+    assert "unknown config key 'pool.batchsize'" in lines[0]
+    assert any("train.epochs=abc" in line for line in lines)
+    assert any("mts.lr=zero" in line for line in lines)
+    assert any("train.lr=-1.0 must be > 0" in line for line in lines)
+
+
 def test_every_problem_listed_at_once(capsys):
     code = main(["run", "train.lr=-1", "mts.lr=0", "train.epochs=0"])
     lines = capsys.readouterr().err.strip().splitlines()
