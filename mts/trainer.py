@@ -60,7 +60,7 @@ class Trainer:
     def __init__(self, config: RunConfig, task: Task | None = None, reference: Reference | None = None) -> None:
         problems = config_problems(config)
         if problems:
-            raise ConfigError("; ".join(problems))
+            raise ConfigError("\n".join(problems))
         if task is None:
             from mts.tasks import build_task
 
@@ -85,7 +85,7 @@ class Trainer:
         self.trainable = torch.as_tensor(self.method.pool_indices(task), dtype=torch.long)
         problems = task_problems(config, task, len(self.trainable))
         if problems:
-            raise ConfigError("; ".join(problems))
+            raise ConfigError("\n".join(problems))
         # After validation, because offline feature groups may train a warm-up classifier here.
         self.method.prepare(task)
 

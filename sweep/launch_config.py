@@ -370,7 +370,7 @@ def file_task_problems(config: LaunchConfig, space: SearchSpace) -> list[str]:
             task = loaded[key]
             trainable = len(METHODS[trial.method].pool_indices(task))
         except MtsError as err:
-            problems.append(str(err) if key in str(err) else f"task.path={key!r}: {err}")
+            problems += [line if key in line else f"task.path={key!r}: {line}" for line in str(err).splitlines()]
             continue
         problems += [f"task.path={key!r}: {problem}" for problem in task_problems(trial, task, trainable)]
     return problems

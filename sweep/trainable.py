@@ -288,7 +288,7 @@ def errored_metrics(last: dict[str, Any] | None, err: Exception, epochs: int, st
         epochs=epochs,
         status="errored",
         errored=True,
-        error=str(err),
+        error="; ".join(str(err).splitlines()),  # one line for the trial table and the store
         trial_started_at=started_at,
         reported_at=time.time(),
         pid=os.getpid(),

@@ -104,7 +104,7 @@ def validate_task_config(config: TaskConfig) -> BaseTaskBuilder:
     builder = get_builder(config.name)
     problems = builder.validate(config)
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError("\n".join(problems))
     return builder
 
 
