@@ -59,7 +59,7 @@ def config_problems(config: RunConfig) -> list[str]:
     if config.task.path is not None and config.task.name != "file":
         problems.append(
             f"task.path={config.task.path!r} is only read by task=file, but task.name={config.task.name!r}; "
-            "add task=file or remove task.path"
+            "add task=file (in a search space, task.name: file) or remove task.path"
         )
     for key, sizes in (("model.hidden", config.model.hidden), ("model.channels", config.model.channels), ("mts.hidden", config.mts.hidden)):
         if any(size < 1 for size in sizes):

@@ -332,7 +332,9 @@ def trial_problems(config: LaunchConfig, space: SearchSpace, check_data: bool = 
             for problem in config_problems(baseline):
                 if problem not in seen:
                     seen.add(problem)
-                    problems.append(f"uniform baseline: {problem}; set baseline_batch_size")
+                    # baseline_batch_size fixes a pool batch problem only; the others come from the base config.
+                    hint = "; set baseline_batch_size" if problem.startswith("pool.batch_size") else ""
+                    problems.append(f"uniform baseline: {problem}{hint}")
     for problem in file_task_problems(config, space) if check_data else []:
         if problem not in seen:
             seen.add(problem)

@@ -427,6 +427,9 @@ def build_searcher(experiment: Experiment) -> Any:
     """Return the `SweepSearch` whose study lives in the experiment's database."""
     import optuna
 
+    # Optuna logs in its own format at INFO (e.g. "A new study created"); the sweep logs what matters.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
     from sweep.searcher import SweepSearch, build_sampler
 
     sweep = experiment.config.sweep

@@ -37,6 +37,11 @@ TUNE_TRIAL_ID = "tune_trial_id"
 STATUS = "status"
 
 
+def _short(value: Any) -> Any:
+    """Return a float with four significant digits for log lines; other values unchanged."""
+    return float(f"{value:.4g}") if isinstance(value, float) and math.isfinite(value) else value
+
+
 def build_sampler(name: str, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
     """Return the seeded Optuna sampler called `name` (validated by the launch config)."""
     if name == "tpe":
@@ -156,7 +161,7 @@ class SweepSearch(OptunaSearch):
             ot_trial.set_user_attr(STATUS, status)
             self._ot_study.tell(ot_trial, values, state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
-        objectives = ", ".join(f"{name}={result.get(name)}" for name in self._objectives) if result else "no result"
+        objectives = ", ".join(f"{name}={_short(result.get(name))}" for name in self._objectives) if result else "no result"
         logger.info("Trial %s %s: %s, params %s (Optuna trial %d, %s)", trial_id, status, objectives, ot_trial.params, ot_trial.number, state.name)
 
     def _outcome(self, result: Optional[dict[str, Any]], error: bool) -> tuple[TrialState, Optional[list[float]], str]:

@@ -127,6 +127,18 @@ def test_type_error_does_not_hide_other_problems(no_ray: None, capsys: pytest.Ca
     assert any("sweep.num_samples=-3 must be an integer >= 1" in line for line in lines)
 
 
+def test_baseline_hint_only_for_batch_problems(no_ray: None, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    space = tmp_path / "small.yaml"
+    space.write_text("params:\n  task.pool_size: 300\n  pool.batch_size: 32\n")
+    assert main(["launch", f"search_space={space}", "mts.lr=-1"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert any("mts.lr=-1.0 must be > 0" in line for line in lines), lines
+    assert not any("set baseline_batch_size" in line for line in lines), lines
+    assert main(["launch", f"search_space={space}", "baseline_batch_size=512"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert any("uniform baseline: pool.batch_size=512" in line and "set baseline_batch_size" in line for line in lines), lines
+
+
 def test_range_on_baseline_key_rejected(no_ray: None, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     space = tmp_path / "lr.yaml"
     space.write_text("params:\n  train.lr: {float: [1.0e-4, 1.0e-2], log: true}\n")
