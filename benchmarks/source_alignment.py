@@ -14,7 +14,7 @@ chosen epochs computes `a_i` for a fixed random probe of pool samples with `torc
 - `source AUC`: the same when each sample's `a_i` is replaced by its source's mean, which is what
   a meta-network that reads only the `source` group could learn at best;
 - per source, the mean `a_i` relative to the probe's mean, in units of the probe's mean `|a_i|`:
-  positive means that a one-step look-ahead asks for more weight on that source.
+  positive means that the one-step meta-gradient raises that source's weight.
 
 The hidden quality tags are read here for evaluation only, to compute the AUCs.
 """

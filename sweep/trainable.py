@@ -284,7 +284,7 @@ def errored_metrics(last: dict[str, Any] | None, err: Exception, epochs: int, st
     """Return the final result of a trial ended by an invalid config or task: the last metrics and the error."""
     metrics: dict[str, Any] = dict(last) if last else {name: math.nan for name in OBJECTIVES}
     metrics.update(
-        epoch=metrics.get("epoch", 0) if last else 0,
+        epoch=metrics.get("epoch", 0),
         epochs=epochs,
         status="errored",
         errored=True,

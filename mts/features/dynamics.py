@@ -66,7 +66,8 @@ class DynamicsFeature(FeatureGroup):
         other_logit = logits.scatter(1, y.unsqueeze(1), float("-inf")).max(dim=1).values
         losses = batch.losses.detach().double()
 
-        # A batch contains each pool index at most once, so the scatter below writes every row once.
+        # Training batches are slices of one permutation of the pool, so each index occurs once in a
+        # batch and the scatter below writes every row once.
         visits, prob_sum, prob_square_sum, correct_sum, forgetting, last_correct, margin_sum, loss_ema = (
             self.table.index_select(0, index).unbind(1)
         )

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import optuna
+
+
+def count_rows(experiment: Path, query: str) -> int:
+    """Return the count that `query` selects from a running sweep's database, read-only.
+
+    A read-only connection cannot race the driver creating the schema; before the tables exist the
+    count is 0.
+    """
+    database = experiment / "sweep.db"
+    if not database.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as connection:
+            return connection.execute(query).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
 
 
 def read_results(experiment: Path) -> dict[str, list[dict[str, Any]]]:

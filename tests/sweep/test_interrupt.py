@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,7 +11,7 @@ from pathlib import Path
 
 import optuna
 import yaml
-from sweep_results import load_study
+from sweep_results import count_rows, load_study
 
 from sweep.analysis.store import AnalysisStore
 from sweep.cli import main
@@ -23,27 +21,11 @@ RUNNING, COMPLETE = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COM
 
 
 def _reported_epochs(path: Path) -> int:
-    """Count the intermediate values in the study, read-only, 0 before the driver creates the tables."""
-    database = path / "sweep.db"
-    if not database.exists():
-        return 0
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as connection:
-            return connection.execute("select count(*) from trial_intermediate_values").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
+    return count_rows(path, "select count(*) from trial_intermediate_values")
 
 
 def _complete_count(path: Path) -> int:
-    """Count COMPLETE trials in the study, read-only, 0 before the driver creates the tables."""
-    database = path / "sweep.db"
-    if not database.exists():
-        return 0
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as connection:
-            return connection.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
+    return count_rows(path, "select count(*) from trials where state = 'COMPLETE'")
 
 
 def _store_statuses(path: Path) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from sweep_results import load_study, read_results
+from sweep_results import count_rows, load_study, read_results
 
 from sweep.cli import main
 
@@ -22,15 +22,7 @@ COMPLETE = optuna.trial.TrialState.COMPLETE
 
 
 def _complete_count(path: Path) -> int:
-    """Count COMPLETE trials with a read-only query, which cannot race the driver creating the schema."""
-    database = path / "sweep.db"
-    if not database.exists():
-        return 0
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as connection:
-            return connection.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
-    except sqlite3.OperationalError:  # the driver has not created the tables yet
-        return 0
+    return count_rows(path, "select count(*) from trials where state = 'COMPLETE'")
 
 
 def _complete_trials(path: Path) -> list[optuna.trial.FrozenTrial]:
