@@ -17,7 +17,7 @@ from sweep_results import count_rows, load_study, read_results
 
 from sweep.cli import main
 
-NUM_SAMPLES = 5
+NUM_SAMPLES = 8  # enough that trials remain after two finish and Tune saves its state
 COMPLETE = optuna.trial.TrialState.COMPLETE
 
 
@@ -42,7 +42,7 @@ def _launch_and_kill(root: Path, ray_address: str) -> Path:
         while _complete_count(path) < 2:
             assert driver.poll() is None, f"the driver exited early with code {driver.returncode}"
             assert time.monotonic() < deadline, "no two trials finished within 240 s"
-            time.sleep(0.5)
+            time.sleep(0.1)
         _wait_for_tune_state_save(path / "tune", after=time.time())
     finally:
         driver.send_signal(signal.SIGKILL)
